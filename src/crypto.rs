@@ -1,0 +1,470 @@
+//! Key derivation, key slots and authenticated encryption of every stored object.
+//!
+//! A repository has one 32-byte root secret, generated at `init`. It never leaves
+//! memory unwrapped: each key slot in the key file wraps it under a key-encryption
+//! key derived from a password with argon2id. Purpose-bound subkeys come from the
+//! root secret through `blake3::derive_key`, so that the chunk-id key, the chunker
+//! key and the encryption keys are independent.
+//!
+//! Every sealed object has this layout (see `docs/format.md`):
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     object format version (1)
+//! 1       16    salt: random, selects the per-object AES key
+//! 17      12    nonce: random
+//! 29      n+16  AES-256-GCM-SIV ciphertext of the payload, tag last
+//! ```
+//!
+//! The payload starts with a compression byte (0 = stored, 1 = zstd).
+
+use std::fmt;
+
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Version byte at the start of every sealed object.
+pub const OBJECT_VERSION: u8 = 1;
+/// Bytes before the ciphertext: version, salt and nonce.
+pub const SEAL_HEADER_LEN: usize = 1 + 16 + 12;
+/// Bytes a sealed object adds to its payload: header and tag.
+pub const SEAL_OVERHEAD: usize = SEAL_HEADER_LEN + 16;
+
+/// What a sealed object is; part of the associated data, so that an object of one
+/// kind can never be accepted as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// A chunk of file content.
+    Chunk = 1,
+    /// A directory tree.
+    Tree = 2,
+    /// The encrypted header at the end of a pack.
+    PackHeader = 3,
+    /// An index file.
+    Index = 4,
+    /// A snapshot file.
+    Snapshot = 5,
+    /// A wrapped root secret inside a key slot.
+    KeySlot = 6,
+}
+
+/// Errors of sealing, opening and key handling.
+#[derive(Debug, Error)]
+pub enum CryptoError {
+    /// Authentication failed: wrong key, or the bytes were changed.
+    #[error("authentication failed: the data was changed or belongs elsewhere")]
+    Authentication,
+    /// The object is shorter than its fixed header, or has an unknown version.
+    #[error("malformed sealed object: {0}")]
+    Malformed(String),
+    /// Compression or decompression failed.
+    #[error("compression failed: {0}")]
+    Compression(String),
+    /// The key derivation function rejected its parameters.
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+}
+
+/// The secret all other keys derive from. `Debug` is redacted.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RootSecret {
+    /// Key epoch: 0 at `init`.
+    pub epoch: u32,
+    /// 32 random bytes.
+    pub secret: [u8; 32],
+}
+
+impl fmt::Debug for RootSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RootSecret(epoch {}, <redacted>)", self.epoch)
+    }
+}
+
+impl RootSecret {
+    /// Generates a new random root secret for epoch 0.
+    pub fn generate() -> Self {
+        let mut secret = [0u8; 32];
+        rand::rng().fill(&mut secret);
+        Self { epoch: 0, secret }
+    }
+}
+
+/// The subkeys of a repository, derived from its root secret. `Debug` is redacted.
+#[derive(Clone)]
+pub struct Keys {
+    /// Repository id, bound into every object's associated data.
+    pub repo_id: [u8; 16],
+    chunk_id: [u8; 32],
+    tree_id: [u8; 32],
+    chunker: [u8; 32],
+    data: [u8; 32],
+    metadata: [u8; 32],
+    config_mac: [u8; 32],
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keys(repo {}, <redacted>)", hex::encode(self.repo_id))
+    }
+}
+
+impl Keys {
+    /// Derives all subkeys from the root secret.
+    pub fn derive(repo_id: [u8; 16], root: &RootSecret) -> Self {
+        let derive = |context: &str| blake3::derive_key(context, &root.secret);
+        Self {
+            repo_id,
+            chunk_id: derive("cairn 2026-12 v1 chunk id"),
+            tree_id: derive("cairn 2026-12 v1 tree id"),
+            chunker: derive("cairn 2026-12 v1 chunker gear table"),
+            data: derive("cairn 2026-12 v1 chunk encryption"),
+            metadata: derive("cairn 2026-12 v1 metadata encryption"),
+            config_mac: derive("cairn 2026-12 v1 config mac"),
+        }
+    }
+
+    /// Computes the id of a chunk: keyed BLAKE3 of its plaintext.
+    pub fn chunk_id(&self, plaintext: &[u8]) -> crate::id::ChunkId {
+        crate::id::ChunkId(*blake3::keyed_hash(&self.chunk_id, plaintext).as_bytes())
+    }
+
+    /// Computes the id of an encoded tree: keyed BLAKE3 under a key of its own.
+    pub fn tree_id(&self, encoded: &[u8]) -> crate::id::TreeId {
+        crate::id::TreeId(*blake3::keyed_hash(&self.tree_id, encoded).as_bytes())
+    }
+
+    /// Computes the MAC that authenticates the repository config.
+    pub fn config_mac(&self, encoded: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.config_mac, encoded).as_bytes()
+    }
+
+    /// Fills a 256-entry gear table for the chunker from the chunker key, so that
+    /// cut points depend on a secret.
+    pub fn gear_table(&self) -> Vec<u64> {
+        let mut reader = blake3::Hasher::new_keyed(&self.chunker).finalize_xof();
+        let mut bytes = [0u8; 256 * 8];
+        reader.fill(&mut bytes);
+        bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte slice")))
+            .collect()
+    }
+
+    fn key_for(&self, kind: ObjectKind) -> &[u8; 32] {
+        match kind {
+            ObjectKind::Chunk => &self.data,
+            _ => &self.metadata,
+        }
+    }
+
+    /// Compresses (when that helps) and encrypts a payload.
+    ///
+    /// `id` is bound into the associated data: pass the content id for chunks and
+    /// trees, and all zeros for objects whose file name is the hash of their bytes.
+    pub fn seal(
+        &self,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        plaintext: &[u8],
+        compression_level: i32,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let mut payload = Vec::with_capacity(plaintext.len() + 1);
+        let compressed = if compression_level > 0 && plaintext.len() > 64 {
+            zstd::bulk::compress(plaintext, compression_level)
+                .map_err(|e| CryptoError::Compression(e.to_string()))
+                .ok()
+        } else {
+            None
+        };
+        match compressed {
+            Some(c) if c.len() < plaintext.len() => {
+                payload.push(1);
+                payload.extend_from_slice(&c);
+            }
+            _ => {
+                payload.push(0);
+                payload.extend_from_slice(plaintext);
+            }
+        }
+        self.seal_payload(kind, id, payload)
+    }
+
+    fn seal_payload(
+        &self,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        mut payload: Vec<u8>,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let mut salt = [0u8; 16];
+        let mut nonce = [0u8; 12];
+        let mut rng = rand::rng();
+        rng.fill(&mut salt);
+        rng.fill(&mut nonce);
+
+        // Each object gets its own key from a random salt, and GCM-SIV stays
+        // safe if a nonce ever repeats, so no nonce counter has to be kept.
+        let cipher = object_cipher(self.key_for(kind), &salt);
+        let aad = self.associated_data(kind, id);
+        cipher
+            .encrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
+            .map_err(|_| CryptoError::Malformed("payload too large to encrypt".into()))?;
+
+        let mut out = Vec::with_capacity(SEAL_HEADER_LEN + payload.len());
+        out.push(OBJECT_VERSION);
+        out.extend_from_slice(&salt);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+
+    /// Decrypts and decompresses a sealed object.
+    ///
+    /// `max_len` bounds the decompressed size, so that a damaged object cannot make
+    /// the reader allocate without limit.
+    pub fn open(
+        &self,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        sealed: &[u8],
+        max_len: usize,
+    ) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD + 1 {
+            return Err(CryptoError::Malformed(format!(
+                "{} bytes is shorter than the {} byte minimum",
+                sealed.len(),
+                SEAL_OVERHEAD + 1
+            )));
+        }
+        if sealed[0] != OBJECT_VERSION {
+            return Err(CryptoError::Malformed(format!(
+                "unknown object version {}",
+                sealed[0]
+            )));
+        }
+        let salt: [u8; 16] = sealed[1..17].try_into().expect("16-byte slice");
+        let nonce: [u8; 12] = sealed[17..29].try_into().expect("12-byte slice");
+        let mut payload = sealed[SEAL_HEADER_LEN..].to_vec();
+
+        let cipher = object_cipher(self.key_for(kind), &salt);
+        let aad = self.associated_data(kind, id);
+        cipher
+            .decrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
+            .map_err(|_| CryptoError::Authentication)?;
+
+        match payload.first() {
+            Some(0) => {
+                payload.remove(0);
+                if payload.len() > max_len {
+                    return Err(CryptoError::Malformed(format!(
+                        "payload of {} bytes exceeds the {max_len} byte limit",
+                        payload.len()
+                    )));
+                }
+                Ok(payload)
+            }
+            Some(1) => decompress_bounded(&payload[1..], max_len),
+            Some(other) => Err(CryptoError::Malformed(format!(
+                "unknown compression byte {other}"
+            ))),
+            None => Err(CryptoError::Malformed("empty payload".into())),
+        }
+    }
+
+    fn associated_data(&self, kind: ObjectKind, id: &[u8; 32]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(5 + 16 + 1 + 32 + 1);
+        aad.extend_from_slice(b"cairn");
+        aad.extend_from_slice(&self.repo_id);
+        aad.push(kind as u8);
+        aad.extend_from_slice(id);
+        aad.push(OBJECT_VERSION);
+        aad
+    }
+}
+
+fn object_cipher(key: &[u8; 32], salt: &[u8; 16]) -> Aes256GcmSiv {
+    let object_key = blake3::keyed_hash(key, salt);
+    Aes256GcmSiv::new_from_slice(object_key.as_bytes()).expect("32-byte key")
+}
+
+fn decompress_bounded(input: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
+    use std::io::Read;
+
+    let decoder =
+        zstd::stream::read::Decoder::new(input).map_err(|e| CryptoError::Compression(e.to_string()))?;
+    let mut out = Vec::new();
+    let read = decoder
+        .take(max_len as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| CryptoError::Compression(e.to_string()))?;
+    if read > max_len {
+        return Err(CryptoError::Malformed(format!(
+            "decompressed size exceeds the {max_len} byte limit"
+        )));
+    }
+    Ok(out)
+}
+
+/// Argon2id parameters of one key slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Number of passes.
+    pub iterations: u32,
+    /// Degree of parallelism.
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// Parameters for new slots: 64 MiB, 3 passes, 4 lanes, which takes about a
+    /// quarter of a second on one modern core and makes guessing expensive.
+    pub const DEFAULT: KdfParams = KdfParams {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 4,
+    };
+
+    /// Upper bounds accepted when reading a key file, so that a forged slot cannot
+    /// make `open` allocate many gigabytes.
+    const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+    const MAX_ITERATIONS: u32 = 64;
+
+    /// Derives the 32-byte key-encryption key from a password and salt.
+    pub fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32], CryptoError> {
+        if self.memory_kib > Self::MAX_MEMORY_KIB || self.iterations > Self::MAX_ITERATIONS {
+            return Err(CryptoError::Kdf(format!(
+                "parameters out of range: {} KiB, {} passes",
+                self.memory_kib, self.iterations
+            )));
+        }
+        let params = argon2::Params::new(
+            self.memory_kib,
+            self.iterations,
+            self.parallelism,
+            Some(32),
+        )
+        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = [0u8; 32];
+        argon
+            .hash_password_into(password, salt, &mut out)
+            .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+/// Wraps a root secret under a password-derived key.
+pub fn wrap_root(
+    kek: &[u8; 32],
+    binding: &[u8],
+    root: &RootSecret,
+) -> Result<([u8; 12], Vec<u8>), CryptoError> {
+    let mut nonce = [0u8; 12];
+    rand::rng().fill(&mut nonce);
+    let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte key");
+    let mut buffer = postcard::to_allocvec(root).expect("root secret encodes");
+    cipher
+        .encrypt_in_place(&Nonce::from(nonce), binding, &mut buffer)
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok((nonce, buffer))
+}
+
+/// Unwraps a root secret; fails with `Authentication` on a wrong password.
+pub fn unwrap_root(
+    kek: &[u8; 32],
+    binding: &[u8],
+    nonce: &[u8; 12],
+    wrapped: &[u8],
+) -> Result<RootSecret, CryptoError> {
+    let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte key");
+    let mut buffer = wrapped.to_vec();
+    cipher
+        .decrypt_in_place(&Nonce::from(*nonce), binding, &mut buffer)
+        .map_err(|_| CryptoError::Authentication)?;
+    postcard::from_bytes(&buffer).map_err(|e| CryptoError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::derive([7; 16], &RootSecret::generate())
+    }
+
+    #[test]
+    fn seal_open_round_trip() {
+        let keys = keys();
+        let data = b"hello hello hello hello hello hello hello hello hello hello hello hello";
+        let id = keys.chunk_id(data);
+        let sealed = keys.seal(ObjectKind::Chunk, &id.0, data, 3).unwrap();
+        let opened = keys.open(ObjectKind::Chunk, &id.0, &sealed, 1 << 20).unwrap();
+        assert_eq!(opened, data);
+    }
+
+    #[test]
+    fn seal_hides_plaintext() {
+        let keys = keys();
+        let data = b"a line of plain text that must not appear";
+        let sealed = keys.seal(ObjectKind::Chunk, &[0; 32], data, 0).unwrap();
+        assert!(!sealed.windows(data.len()).any(|w| w == data));
+    }
+
+    #[test]
+    fn open_rejects_flipped_byte() {
+        let keys = keys();
+        let sealed = keys.seal(ObjectKind::Tree, &[1; 32], b"tree bytes", 3).unwrap();
+        for position in [0, 5, 20, SEAL_HEADER_LEN + 2, sealed.len() - 1] {
+            let mut damaged = sealed.clone();
+            damaged[position] ^= 0x40;
+            assert!(keys.open(ObjectKind::Tree, &[1; 32], &damaged, 1 << 20).is_err());
+        }
+    }
+
+    #[test]
+    fn open_rejects_other_kind_or_id() {
+        let keys = keys();
+        let sealed = keys.seal(ObjectKind::Tree, &[1; 32], b"tree bytes", 3).unwrap();
+        assert!(keys.open(ObjectKind::Snapshot, &[1; 32], &sealed, 1 << 20).is_err());
+        assert!(keys.open(ObjectKind::Tree, &[2; 32], &sealed, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn open_rejects_wrong_key() {
+        let sealed = keys().seal(ObjectKind::Chunk, &[0; 32], b"secret", 0).unwrap();
+        assert!(matches!(
+            keys().open(ObjectKind::Chunk, &[0; 32], &sealed, 1 << 20),
+            Err(CryptoError::Authentication)
+        ));
+    }
+
+    #[test]
+    fn open_bounds_decompressed_size() {
+        let keys = keys();
+        let data = vec![0u8; 1 << 20];
+        let sealed = keys.seal(ObjectKind::Chunk, &[0; 32], &data, 3).unwrap();
+        assert!(keys.open(ObjectKind::Chunk, &[0; 32], &sealed, 1000).is_err());
+    }
+
+    #[test]
+    fn wrap_unwrap_rejects_wrong_password() {
+        let params = KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 };
+        let root = RootSecret::generate();
+        let kek = params.derive(b"right", b"saltsaltsaltsalt").unwrap();
+        let (nonce, wrapped) = wrap_root(&kek, b"slot", &root).unwrap();
+        let back = unwrap_root(&kek, b"slot", &nonce, &wrapped).unwrap();
+        assert_eq!(back.secret, root.secret);
+        let wrong = params.derive(b"wrong", b"saltsaltsaltsalt").unwrap();
+        assert!(unwrap_root(&wrong, b"slot", &nonce, &wrapped).is_err());
+    }
+
+    #[test]
+    fn gear_table_depends_on_key() {
+        assert_ne!(keys().gear_table(), keys().gear_table());
+        assert_eq!(keys().gear_table().len(), 256);
+    }
+}

@@ -1,0 +1,121 @@
+//! Storage of repository files. Every file is immutable once written, except the
+//! key file, which is replaced as a whole.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rand::RngExt;
+
+/// Reads and writes repository files by their path relative to the repository root.
+pub trait Backend: Send + Sync {
+    /// Returns a human-readable location, such as the directory path.
+    fn location(&self) -> String;
+    /// Reads a whole file.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Reads `len` bytes at `offset`; fails if the file is shorter.
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Returns the size of a file in bytes.
+    fn size(&self, name: &str) -> io::Result<u64>;
+    /// Writes a file so that readers see either nothing or all of it, and the data
+    /// is durable when this returns.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Lists the file names directly inside a directory; a missing directory is empty.
+    fn list(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Removes a file.
+    fn remove(&self, name: &str) -> io::Result<()>;
+}
+
+/// A repository in a local directory.
+#[derive(Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// Uses `root` as the repository directory.
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+fn with_path(error: io::Error, path: &Path) -> io::Error {
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        let path = self.path(name);
+        fs::read(&path).map_err(|e| with_path(e, &path))
+    }
+
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let path = self.path(name);
+        let file = File::open(&path).map_err(|e| with_path(e, &path))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| with_path(e, &path))?;
+        Ok(buf)
+    }
+
+    fn size(&self, name: &str) -> io::Result<u64> {
+        let path = self.path(name);
+        Ok(fs::metadata(&path).map_err(|e| with_path(e, &path))?.len())
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(name);
+        let dir = path.parent().expect("repository file has a parent directory");
+        fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+
+        // Temporary files carry a random suffix, so writers never collide, and a
+        // leftover from a crash is never mistaken for a finished file.
+        let suffix: u64 = rand::rng().random();
+        let tmp = dir.join(format!(".tmp-{suffix:016x}"));
+        let result = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(with_path(e, &path));
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        let path = self.path(dir);
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(with_path(e, &path)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| with_path(e, &path))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if !name.starts_with('.') {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let path = self.path(name);
+        fs::remove_file(&path).map_err(|e| with_path(e, &path))
+    }
+}

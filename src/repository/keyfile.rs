@@ -1,0 +1,110 @@
+//! The key file: named slots, each wrapping the repository's root secret under a
+//! key derived from that slot's password.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "CAIRNKEY"
+//! 8       ...   postcard encoding of KeyFile
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, CryptoError, KdfParams, RootSecret};
+use crate::tree::Timestamp;
+
+const KEY_MAGIC: &[u8; 8] = b"CAIRNKEY";
+/// Largest key file accepted when reading, 1 MiB.
+const MAX_KEY_FILE_LEN: usize = 1 << 20;
+
+/// One named key slot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeySlot {
+    /// Slot name, unique within the file.
+    pub name: String,
+    /// When the slot was added.
+    pub created: Timestamp,
+    /// `user@host` that added the slot.
+    pub created_by: String,
+    /// Argon2id parameters.
+    pub kdf: KdfParams,
+    /// Argon2id salt.
+    pub salt: [u8; 16],
+    /// AES-256-GCM-SIV nonce of the wrapped secret.
+    pub nonce: [u8; 12],
+    /// The wrapped root secret, tag included.
+    pub wrapped: Vec<u8>,
+}
+
+/// All key slots of a repository.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyFile {
+    /// Repository id; must match the config.
+    pub repo_id: [u8; 16],
+    /// Slots in the order they were added.
+    pub slots: Vec<KeySlot>,
+}
+
+fn slot_binding(repo_id: &[u8; 16], name: &str) -> Vec<u8> {
+    let mut binding = b"cairn key slot".to_vec();
+    binding.extend_from_slice(repo_id);
+    binding.extend_from_slice(name.as_bytes());
+    binding
+}
+
+impl KeyFile {
+    /// Adds a slot that wraps `root` under `password`.
+    pub fn add_password_slot(
+        &mut self,
+        name: &str,
+        password: &[u8],
+        root: &RootSecret,
+        kdf: KdfParams,
+    ) -> Result<(), CryptoError> {
+        let mut salt = [0u8; 16];
+        rand::RngExt::fill(&mut rand::rng(), &mut salt);
+        let kek = kdf.derive(password, &salt)?;
+        let (nonce, wrapped) = crypto::wrap_root(&kek, &slot_binding(&self.repo_id, name), root)?;
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        self.slots.push(KeySlot {
+            name: name.to_string(),
+            created: Timestamp::now(),
+            created_by: format!("{user}@{host}"),
+            kdf,
+            salt,
+            nonce,
+            wrapped,
+        });
+        Ok(())
+    }
+
+    /// Tries each slot with the password and returns the root secret of the first
+    /// that accepts it; `Authentication` means none did.
+    pub fn unlock(&self, password: &[u8]) -> Result<RootSecret, CryptoError> {
+        for slot in &self.slots {
+            let kek = slot.kdf.derive(password, &slot.salt)?;
+            let binding = slot_binding(&self.repo_id, &slot.name);
+            if let Ok(root) = crypto::unwrap_root(&kek, &binding, &slot.nonce, &slot.wrapped) {
+                return Ok(root);
+            }
+        }
+        Err(CryptoError::Authentication)
+    }
+
+    /// Encodes the key file with its magic.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = KEY_MAGIC.to_vec();
+        out.extend_from_slice(&postcard::to_allocvec(self).expect("key file encodes"));
+        out
+    }
+
+    /// Decodes a key file.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CryptoError> {
+        if bytes.len() > MAX_KEY_FILE_LEN || bytes.len() < 8 || &bytes[..8] != KEY_MAGIC {
+            return Err(CryptoError::Malformed("not a cairn key file".into()));
+        }
+        postcard::from_bytes(&bytes[8..]).map_err(|e| CryptoError::Malformed(e.to_string()))
+    }
+}

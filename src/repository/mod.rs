@@ -1,0 +1,454 @@
+//! The repository: config, key file, packs, index files and snapshots on a backend.
+//!
+//! Files, relative to the repository root:
+//!
+//! ```text
+//! config                 format version, repository id, chunker parameters, MAC
+//! keys                   key slots, each wrapping the root secret
+//! data/<2 hex>/<64 hex>  packs, named by the BLAKE3 hash of their bytes
+//! index/<64 hex>         index files, named the same way
+//! snapshots/<64 hex>     snapshot files, named the same way
+//! ```
+//!
+//! Writes follow one order: packs, then the index files that list them, then the
+//! snapshot that refers to their blobs. Each file is written under a temporary
+//! name, synced and renamed, so a crash leaves at worst unreferenced files.
+
+pub mod backend;
+mod keyfile;
+pub mod index;
+pub mod pack;
+mod writer;
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+
+pub use self::backend::{Backend, LocalBackend};
+pub use self::keyfile::{KeyFile, KeySlot};
+pub use self::writer::BlobWriter;
+use self::index::{Index, IndexRecord, MAX_INDEX_LEN};
+use self::pack::BlobKind;
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::{CryptoError, KdfParams, Keys, ObjectKind, RootSecret};
+use crate::id::{ChunkId, IndexId, PackId, SnapshotId, TreeId};
+use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
+use crate::tree::{MAX_TREE_LEN, Tree};
+
+/// Repository format version written by this program, and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// A pack is closed once it reaches this size: 16 MiB, large enough that object
+/// stores see few requests, small enough to rewrite cheaply during cleanup.
+pub const PACK_TARGET_SIZE: usize = 16 << 20;
+/// Magic bytes at the start of the config file.
+const CONFIG_MAGIC: &[u8; 8] = b"CAIRNCFG";
+/// Largest chunk plaintext accepted when reading, 64 MiB.
+const MAX_CHUNK_LEN: usize = 64 << 20;
+
+/// Errors of repository access. Messages name the object and the next step.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The directory holds no repository.
+    #[error("no cairn repository at {0}: run `cairn init` first, or check --repo")]
+    NotFound(String),
+    /// `init` found an existing repository.
+    #[error("a repository already exists at {0}")]
+    AlreadyExists(String),
+    /// No key slot accepts the password.
+    #[error("wrong password for repository {0}: no key slot accepts it")]
+    WrongPassword(String),
+    /// The repository uses a format this program does not know.
+    #[error("repository {location} has format version {found}; this cairn reads version {FORMAT_VERSION}")]
+    UnsupportedVersion {
+        /// Repository location.
+        location: String,
+        /// Version found.
+        found: u32,
+    },
+    /// A stored object is damaged, was tampered with or is malformed.
+    #[error("damaged {object}: {detail}; run `cairn check` to see what it affects")]
+    Damaged {
+        /// The object, such as `pack 3fa1…` or `snapshot 9b2c…`.
+        object: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A blob or snapshot the caller asked for is not stored.
+    #[error("{0} not found in the repository")]
+    Missing(String),
+    /// A snapshot name matched no snapshot or more than one.
+    #[error("{0}")]
+    SnapshotSpec(String),
+}
+
+/// The authenticated, unencrypted repository settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Format version, [`FORMAT_VERSION`].
+    pub version: u32,
+    /// Random id, bound into every object's associated data.
+    pub repo_id: [u8; 16],
+    /// Chunk size limits.
+    pub chunker: ChunkerParams,
+    /// zstd level for chunks and trees.
+    pub compression_level: i32,
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Box<dyn Backend>,
+    config: Config,
+    keys: Keys,
+    chunker: Chunker,
+    index: RwLock<Index>,
+    trees: Mutex<LruCache<TreeId, Arc<Tree>>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.backend.location())
+    }
+}
+
+fn damaged(object: String, detail: impl ToString) -> RepoError {
+    RepoError::Damaged { object, detail: detail.to_string() }
+}
+
+/// Returns the name of a pack file.
+pub fn pack_path(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("data/{}/{}", &hex[..2], hex)
+}
+
+impl Repository {
+    /// Creates a repository in a local directory, with one key slot named `name`.
+    pub fn init_local(path: &Path, password: &[u8], name: &str) -> Result<Self, RepoError> {
+        if path.join("config").exists() {
+            return Err(RepoError::AlreadyExists(path.display().to_string()));
+        }
+        std::fs::create_dir_all(path)?;
+        Self::init(Box::new(LocalBackend::new(path)), password, name, KdfParams::DEFAULT)
+    }
+
+    /// Creates a repository on a backend, with one key slot.
+    pub fn init(
+        backend: Box<dyn Backend>,
+        password: &[u8],
+        name: &str,
+        kdf: KdfParams,
+    ) -> Result<Self, RepoError> {
+        let mut repo_id = [0u8; 16];
+        rand::RngExt::fill(&mut rand::rng(), &mut repo_id);
+        let root = RootSecret::generate();
+        let keys = Keys::derive(repo_id, &root);
+        let config = Config {
+            version: FORMAT_VERSION,
+            repo_id,
+            chunker: ChunkerParams::DEFAULT,
+            compression_level: 3,
+        };
+
+        let mut key_file = KeyFile { repo_id, slots: Vec::new() };
+        key_file
+            .add_password_slot(name, password, &root, kdf)
+            .map_err(|e| damaged("new key slot".into(), e))?;
+        backend.write_atomic("keys", &key_file.encode())?;
+        backend.write_atomic("config", &encode_config(&config, &keys))?;
+        Ok(Self::assemble(backend, config, keys))
+    }
+
+    /// Opens a repository in a local directory.
+    pub fn open_local(path: &Path, password: &[u8]) -> Result<Self, RepoError> {
+        if !path.join("config").is_file() {
+            return Err(RepoError::NotFound(path.display().to_string()));
+        }
+        Self::open(Box::new(LocalBackend::new(path)), password)
+    }
+
+    /// Opens a repository: unlocks a key slot with the password, checks the
+    /// config's MAC and loads the index.
+    pub fn open(backend: Box<dyn Backend>, password: &[u8]) -> Result<Self, RepoError> {
+        let location = backend.location();
+        let config_bytes = backend.read("config")?;
+        let (config, mac) = decode_config(&config_bytes, &location)?;
+
+        let key_bytes = backend.read("keys")?;
+        let key_file =
+            KeyFile::decode(&key_bytes).map_err(|e| damaged(format!("key file of {location}"), e))?;
+        if key_file.repo_id != config.repo_id {
+            return Err(damaged(
+                format!("key file of {location}"),
+                "it belongs to another repository",
+            ));
+        }
+        let root = match key_file.unlock(password) {
+            Ok(root) => root,
+            Err(CryptoError::Authentication) => return Err(RepoError::WrongPassword(location)),
+            Err(e) => return Err(damaged(format!("key file of {location}"), e)),
+        };
+        let keys = Keys::derive(config.repo_id, &root);
+        let encoded = postcard::to_allocvec(&config).expect("config encodes");
+        if keys.config_mac(&encoded) != mac {
+            return Err(damaged(format!("config of {location}"), "its MAC does not match"));
+        }
+        config
+            .chunker
+            .validate()
+            .map_err(|e| damaged(format!("config of {location}"), e))?;
+
+        let repo = Self::assemble(backend, config, keys);
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    fn assemble(backend: Box<dyn Backend>, config: Config, keys: Keys) -> Self {
+        let chunker = Chunker::new(config.chunker, keys.gear_table());
+        Self {
+            backend,
+            config,
+            keys,
+            chunker,
+            index: RwLock::new(Index::default()),
+            trees: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("nonzero"))),
+        }
+    }
+
+    /// Returns the storage backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Returns the repository location for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Returns the keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Returns the config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Returns the keyed chunker.
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    /// Gives read access to the in-memory index.
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().expect("index lock")
+    }
+
+    pub(crate) fn add_index_record(&self, record: &IndexRecord) {
+        self.index.write().expect("index lock").add_record(record);
+    }
+
+    /// Lists the index files.
+    pub fn list_index_files(&self) -> Result<Vec<IndexId>, RepoError> {
+        Ok(self
+            .backend
+            .list("index")?
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect())
+    }
+
+    /// Reads, verifies and decrypts one index file.
+    pub fn read_index_file(&self, id: &IndexId) -> Result<Vec<IndexRecord>, RepoError> {
+        let object = format!("index file {}", id.short());
+        let bytes = self.backend.read(&format!("index/{id}"))?;
+        if *blake3::hash(&bytes).as_bytes() != id.0 {
+            return Err(damaged(object, "its contents do not match its name"));
+        }
+        let plain = self
+            .keys
+            .open(ObjectKind::Index, &[0; 32], &bytes, MAX_INDEX_LEN)
+            .map_err(|e| damaged(object.clone(), e))?;
+        postcard::from_bytes(&plain).map_err(|e| damaged(object, e))
+    }
+
+    /// Reads every index file into memory.
+    pub fn load_index(&self) -> Result<(), RepoError> {
+        let mut index = Index::default();
+        for id in self.list_index_files()? {
+            for record in self.read_index_file(&id)? {
+                index.add_record(&record);
+            }
+        }
+        *self.index.write().expect("index lock") = index;
+        Ok(())
+    }
+
+    /// Writes an index file listing the given packs.
+    pub fn write_index_file(&self, records: &[IndexRecord]) -> Result<(IndexId, u64), RepoError> {
+        let plain = postcard::to_allocvec(records).expect("index encodes");
+        let sealed = self
+            .keys
+            .seal(ObjectKind::Index, &[0; 32], &plain, 3)
+            .map_err(|e| damaged("new index file".into(), e))?;
+        let id = IndexId(*blake3::hash(&sealed).as_bytes());
+        self.backend.write_atomic(&format!("index/{id}"), &sealed)?;
+        Ok((id, sealed.len() as u64))
+    }
+
+    /// Reads and decrypts one blob, and checks that its plaintext hashes to its id.
+    pub fn read_blob(&self, kind: BlobKind, id: &[u8; 32]) -> Result<Vec<u8>, RepoError> {
+        let what = match kind {
+            BlobKind::Chunk => format!("chunk {}", hex::encode(&id[..4])),
+            BlobKind::Tree => format!("tree {}", hex::encode(&id[..4])),
+        };
+        let location = self.index().get(id).ok_or_else(|| RepoError::Missing(what.clone()))?;
+        let object = format!("{what} in pack {}", location.pack.short());
+        let sealed = self
+            .backend
+            .read_at(&pack_path(&location.pack), location.offset.into(), location.len as usize)
+            .map_err(|e| damaged(object.clone(), e))?;
+        let max = match kind {
+            BlobKind::Chunk => MAX_CHUNK_LEN,
+            BlobKind::Tree => MAX_TREE_LEN,
+        };
+        let plain = self
+            .keys
+            .open(kind.object_kind(), id, &sealed, max)
+            .map_err(|e| damaged(object.clone(), e))?;
+        let actual = match kind {
+            BlobKind::Chunk => self.keys.chunk_id(&plain).0,
+            BlobKind::Tree => self.keys.tree_id(&plain).0,
+        };
+        if &actual != id {
+            return Err(damaged(object, "its plaintext does not hash to its id"));
+        }
+        Ok(plain)
+    }
+
+    /// Reads a chunk's plaintext.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+        self.read_blob(BlobKind::Chunk, &id.0)
+    }
+
+    /// Loads a directory tree, from a cache of recently used trees when possible.
+    pub fn load_tree(&self, id: &TreeId) -> Result<Arc<Tree>, RepoError> {
+        if let Some(tree) = self.trees.lock().expect("tree cache lock").get(id) {
+            return Ok(tree.clone());
+        }
+        let plain = self.read_blob(BlobKind::Tree, &id.0)?;
+        let tree = Tree::decode(&plain).map_err(|e| damaged(format!("tree {}", id.short()), e))?;
+        let tree = Arc::new(tree);
+        self.trees.lock().expect("tree cache lock").put(*id, tree.clone());
+        Ok(tree)
+    }
+
+    /// Lists snapshot ids in name order.
+    pub fn list_snapshot_ids(&self) -> Result<Vec<SnapshotId>, RepoError> {
+        Ok(self
+            .backend
+            .list("snapshots")?
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect())
+    }
+
+    /// Reads, verifies and decrypts one snapshot.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
+        let object = format!("snapshot {}", id.short());
+        let bytes = self.backend.read(&format!("snapshots/{id}"))?;
+        if *blake3::hash(&bytes).as_bytes() != id.0 {
+            return Err(damaged(object, "its contents do not match its name"));
+        }
+        let plain = self
+            .keys
+            .open(ObjectKind::Snapshot, &[0; 32], &bytes, MAX_SNAPSHOT_LEN)
+            .map_err(|e| damaged(object.clone(), e))?;
+        Snapshot::decode(&plain).map_err(|e| damaged(object, e))
+    }
+
+    /// Loads all snapshots, oldest first (ties broken by id).
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+        let mut all = Vec::new();
+        for id in self.list_snapshot_ids()? {
+            all.push((id, self.load_snapshot(&id)?));
+        }
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
+    /// Writes a snapshot; this is the commit point of a backup.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(SnapshotId, u64), RepoError> {
+        let sealed = self
+            .keys
+            .seal(ObjectKind::Snapshot, &[0; 32], &snapshot.encode(), 3)
+            .map_err(|e| damaged("new snapshot".into(), e))?;
+        let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
+        self.backend.write_atomic(&format!("snapshots/{id}"), &sealed)?;
+        Ok((id, sealed.len() as u64))
+    }
+
+    /// Resolves a snapshot name: a full id, a unique id prefix, or `latest`.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot), RepoError> {
+        if spec == "latest" {
+            return self.snapshots()?.pop().ok_or_else(|| {
+                RepoError::SnapshotSpec(format!(
+                    "no snapshot in {}: `latest` needs at least one backup",
+                    self.location()
+                ))
+            });
+        }
+        let lower = spec.to_ascii_lowercase();
+        let matches: Vec<SnapshotId> = self
+            .list_snapshot_ids()?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&lower))
+            .collect();
+        match matches.as_slice() {
+            [id] => Ok((*id, self.load_snapshot(id)?)),
+            [] => Err(RepoError::SnapshotSpec(format!(
+                "no snapshot matches {spec:?}: run `cairn snapshots` to list them"
+            ))),
+            _ => Err(RepoError::SnapshotSpec(format!(
+                "{} snapshots start with {spec:?}: give more characters of the id",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// Starts writing blobs into new packs.
+    pub fn blob_writer(&self) -> BlobWriter<'_> {
+        BlobWriter::new(self)
+    }
+}
+
+fn encode_config(config: &Config, keys: &Keys) -> Vec<u8> {
+    let encoded = postcard::to_allocvec(config).expect("config encodes");
+    let mut out = Vec::with_capacity(8 + encoded.len() + 32);
+    out.extend_from_slice(CONFIG_MAGIC);
+    out.extend_from_slice(&encoded);
+    out.extend_from_slice(&keys.config_mac(&encoded));
+    out
+}
+
+fn decode_config(bytes: &[u8], location: &str) -> Result<(Config, [u8; 32]), RepoError> {
+    let object = format!("config of {location}");
+    if bytes.len() < 8 + 32 + 1 || &bytes[..8] != CONFIG_MAGIC {
+        return Err(damaged(object, "missing config magic; is this a cairn repository?"));
+    }
+    let body = &bytes[8..bytes.len() - 32];
+    let version: u32 = postcard::take_from_bytes::<u32>(body)
+        .map_err(|e| damaged(object.clone(), e))?
+        .0;
+    if version != FORMAT_VERSION {
+        return Err(RepoError::UnsupportedVersion { location: location.to_string(), found: version });
+    }
+    let config: Config = postcard::from_bytes(body).map_err(|e| damaged(object, e))?;
+    let mac: [u8; 32] = bytes[bytes.len() - 32..].try_into().expect("32-byte slice");
+    Ok((config, mac))
+}

@@ -1,0 +1,142 @@
+//! Writing new blobs into packs, and the packs into index files.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use super::index::IndexRecord;
+use super::pack::{BlobKind, PackBuilder};
+use super::{PACK_TARGET_SIZE, RepoError, Repository, damaged, pack_path};
+use crate::id::TreeId;
+use crate::tree::Tree;
+
+/// Packs written are listed in an index file at the latest after this many, so
+/// that an interrupted backup leaves most of its work findable.
+const PACKS_PER_INDEX_FILE: usize = 64;
+
+struct WriterState {
+    chunks: PackBuilder,
+    trees: PackBuilder,
+    reserved: HashSet<[u8; 32]>,
+    unindexed: Vec<IndexRecord>,
+    bytes_written: u64,
+}
+
+/// Collects new blobs into packs (chunks and trees apart) and writes each pack
+/// when it is full. Safe to share between threads.
+pub struct BlobWriter<'a> {
+    repo: &'a Repository,
+    state: Mutex<WriterState>,
+}
+
+impl<'a> BlobWriter<'a> {
+    pub(super) fn new(repo: &'a Repository) -> Self {
+        Self {
+            repo,
+            state: Mutex::new(WriterState {
+                chunks: PackBuilder::new(),
+                trees: PackBuilder::new(),
+                reserved: HashSet::new(),
+                unindexed: Vec::new(),
+                bytes_written: 0,
+            }),
+        }
+    }
+
+    /// Returns true if the caller must store the blob: it is neither in the
+    /// repository nor already claimed by another caller in this session.
+    pub fn reserve(&self, id: &[u8; 32]) -> bool {
+        if self.repo.index().contains(id) {
+            return false;
+        }
+        self.state.lock().expect("writer lock").reserved.insert(*id)
+    }
+
+    /// Appends a sealed blob, writing the pack when it reaches its target size.
+    pub fn add(
+        &self,
+        kind: BlobKind,
+        id: [u8; 32],
+        sealed: &[u8],
+        raw_len: u32,
+    ) -> Result<(), RepoError> {
+        let full = {
+            let mut state = self.state.lock().expect("writer lock");
+            let builder = match kind {
+                BlobKind::Chunk => &mut state.chunks,
+                BlobKind::Tree => &mut state.trees,
+            };
+            builder.add(kind, id, sealed, raw_len);
+            if builder.len() >= PACK_TARGET_SIZE {
+                Some(std::mem::take(builder))
+            } else {
+                None
+            }
+        };
+        if let Some(builder) = full {
+            self.write_pack(builder)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes, seals and stores a tree unless it is already stored.
+    pub fn store_tree(&self, tree: &Tree) -> Result<TreeId, RepoError> {
+        let encoded = tree.encode();
+        let keys = self.repo.keys();
+        let id = keys.tree_id(&encoded);
+        if self.reserve(&id.0) {
+            let sealed = keys
+                .seal(
+                    BlobKind::Tree.object_kind(),
+                    &id.0,
+                    &encoded,
+                    self.repo.config().compression_level,
+                )
+                .map_err(|e| damaged(format!("new tree {}", id.short()), e))?;
+            self.add(BlobKind::Tree, id.0, &sealed, encoded.len() as u32)?;
+        }
+        Ok(id)
+    }
+
+    fn write_pack(&self, builder: PackBuilder) -> Result<(), RepoError> {
+        if builder.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes, entries) = builder.finish(self.repo.keys());
+        self.repo.backend().write_atomic(&pack_path(&id), &bytes)?;
+        let record = IndexRecord { pack: id, entries };
+        self.repo.add_index_record(&record);
+
+        let to_index = {
+            let mut state = self.state.lock().expect("writer lock");
+            state.bytes_written += bytes.len() as u64;
+            state.unindexed.push(record);
+            if state.unindexed.len() >= PACKS_PER_INDEX_FILE {
+                Some(std::mem::take(&mut state.unindexed))
+            } else {
+                None
+            }
+        };
+        if let Some(records) = to_index {
+            let (_, len) = self.repo.write_index_file(&records)?;
+            self.state.lock().expect("writer lock").bytes_written += len;
+        }
+        Ok(())
+    }
+
+    /// Writes the open packs and an index file for every pack not yet listed in
+    /// one. Returns the bytes written to the repository in this session.
+    pub fn finish(self) -> Result<u64, RepoError> {
+        let (chunks, trees) = {
+            let mut state = self.state.lock().expect("writer lock");
+            (std::mem::take(&mut state.chunks), std::mem::take(&mut state.trees))
+        };
+        self.write_pack(chunks)?;
+        self.write_pack(trees)?;
+        let mut state = self.state.into_inner().expect("writer lock");
+        if !state.unindexed.is_empty() {
+            let (_, len) = self.repo.write_index_file(&state.unindexed)?;
+            state.bytes_written += len;
+        }
+        Ok(state.bytes_written)
+    }
+}
