@@ -39,9 +39,9 @@ impl ChunkerParams {
             && self.min_size < self.avg_size
             && self.avg_size < self.max_size
             && self.max_size <= 64 << 20
-            && self.min_size % 2 == 0
-            && self.avg_size % 2 == 0
-            && self.max_size % 2 == 0
+            && self.min_size.is_multiple_of(2)
+            && self.avg_size.is_multiple_of(2)
+            && self.max_size.is_multiple_of(2)
             && self.normalization <= 3;
         if ok {
             Ok(())
@@ -78,7 +78,13 @@ impl Chunker {
         };
         let (mask_s, mask_l) = select_masks(params.avg_size as usize, level);
         let gear_ls = gear.iter().map(|g| g << 1).collect();
-        Self { params, gear, gear_ls, mask_s, mask_l }
+        Self {
+            params,
+            gear,
+            gear_ls,
+            mask_s,
+            mask_l,
+        }
     }
 
     /// Returns the chunk size limits.
@@ -154,11 +160,18 @@ mod tests {
         let mut x = gear_seed;
         let gear = (0..256)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 x
             })
             .collect();
-        let params = ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384, normalization: 1 };
+        let params = ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            normalization: 1,
+        };
         Chunker::new(params, gear)
     }
 
@@ -190,7 +203,11 @@ mod tests {
         let parts = chunks(&chunker(1), &input);
         assert_eq!(parts.concat(), input);
         assert!(parts.len() > 10);
-        assert!(parts[..parts.len() - 1].iter().all(|p| p.len() >= 1024 && p.len() <= 16384));
+        assert!(
+            parts[..parts.len() - 1]
+                .iter()
+                .all(|p| p.len() >= 1024 && p.len() <= 16384)
+        );
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! cairn: encrypted, deduplicated backups that mount as ordinary directory trees.
 
+pub mod backup;
+pub mod check;
 pub mod chunker;
+pub mod cli;
 pub mod crypto;
+pub mod diff;
+pub mod display;
 pub mod id;
+pub mod meta;
 pub mod repository;
+pub mod restore;
 pub mod snapshot;
 pub mod tree;

@@ -36,7 +36,9 @@ pub struct LocalBackend {
 impl LocalBackend {
     /// Uses `root` as the repository directory.
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf() }
+        Self {
+            root: root.to_path_buf(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -62,7 +64,8 @@ impl Backend for LocalBackend {
         let path = self.path(name);
         let file = File::open(&path).map_err(|e| with_path(e, &path))?;
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| with_path(e, &path))?;
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|e| with_path(e, &path))?;
         Ok(buf)
     }
 
@@ -73,7 +76,9 @@ impl Backend for LocalBackend {
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let path = self.path(name);
-        let dir = path.parent().expect("repository file has a parent directory");
+        let dir = path
+            .parent()
+            .expect("repository file has a parent directory");
         fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
 
         // Temporary files carry a random suffix, so writers never collide, and a
@@ -104,10 +109,10 @@ impl Backend for LocalBackend {
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| with_path(e, &path))?;
-            if let Some(name) = entry.file_name().to_str() {
-                if !name.starts_with('.') {
-                    names.push(name.to_string());
-                }
+            if let Some(name) = entry.file_name().to_str()
+                && !name.starts_with('.')
+            {
+                names.push(name.to_string());
             }
         }
         names.sort();

@@ -15,8 +15,8 @@
 //! name, synced and renamed, so a crash leaves at worst unreferenced files.
 
 pub mod backend;
-mod keyfile;
 pub mod index;
+mod keyfile;
 pub mod pack;
 mod writer;
 
@@ -28,10 +28,10 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 pub use self::backend::{Backend, LocalBackend};
-pub use self::keyfile::{KeyFile, KeySlot};
-pub use self::writer::BlobWriter;
 use self::index::{Index, IndexRecord, MAX_INDEX_LEN};
+pub use self::keyfile::{KeyFile, KeySlot};
 use self::pack::BlobKind;
+pub use self::writer::BlobWriter;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{CryptoError, KdfParams, Keys, ObjectKind, RootSecret};
 use crate::id::{ChunkId, IndexId, PackId, SnapshotId, TreeId};
@@ -64,7 +64,9 @@ pub enum RepoError {
     #[error("wrong password for repository {0}: no key slot accepts it")]
     WrongPassword(String),
     /// The repository uses a format this program does not know.
-    #[error("repository {location} has format version {found}; this cairn reads version {FORMAT_VERSION}")]
+    #[error(
+        "repository {location} has format version {found}; this cairn reads version {FORMAT_VERSION}"
+    )]
     UnsupportedVersion {
         /// Repository location.
         location: String,
@@ -117,7 +119,10 @@ impl std::fmt::Debug for Repository {
 }
 
 fn damaged(object: String, detail: impl ToString) -> RepoError {
-    RepoError::Damaged { object, detail: detail.to_string() }
+    RepoError::Damaged {
+        object,
+        detail: detail.to_string(),
+    }
 }
 
 /// Returns the name of a pack file.
@@ -133,7 +138,12 @@ impl Repository {
             return Err(RepoError::AlreadyExists(path.display().to_string()));
         }
         std::fs::create_dir_all(path)?;
-        Self::init(Box::new(LocalBackend::new(path)), password, name, KdfParams::DEFAULT)
+        Self::init(
+            Box::new(LocalBackend::new(path)),
+            password,
+            name,
+            KdfParams::DEFAULT,
+        )
     }
 
     /// Creates a repository on a backend, with one key slot.
@@ -154,7 +164,10 @@ impl Repository {
             compression_level: 3,
         };
 
-        let mut key_file = KeyFile { repo_id, slots: Vec::new() };
+        let mut key_file = KeyFile {
+            repo_id,
+            slots: Vec::new(),
+        };
         key_file
             .add_password_slot(name, password, &root, kdf)
             .map_err(|e| damaged("new key slot".into(), e))?;
@@ -179,8 +192,8 @@ impl Repository {
         let (config, mac) = decode_config(&config_bytes, &location)?;
 
         let key_bytes = backend.read("keys")?;
-        let key_file =
-            KeyFile::decode(&key_bytes).map_err(|e| damaged(format!("key file of {location}"), e))?;
+        let key_file = KeyFile::decode(&key_bytes)
+            .map_err(|e| damaged(format!("key file of {location}"), e))?;
         if key_file.repo_id != config.repo_id {
             return Err(damaged(
                 format!("key file of {location}"),
@@ -195,7 +208,10 @@ impl Repository {
         let keys = Keys::derive(config.repo_id, &root);
         let encoded = postcard::to_allocvec(&config).expect("config encodes");
         if keys.config_mac(&encoded) != mac {
-            return Err(damaged(format!("config of {location}"), "its MAC does not match"));
+            return Err(damaged(
+                format!("config of {location}"),
+                "its MAC does not match",
+            ));
         }
         config
             .chunker
@@ -277,16 +293,36 @@ impl Repository {
         postcard::from_bytes(&plain).map_err(|e| damaged(object, e))
     }
 
-    /// Reads every index file into memory.
+    /// Reads every index file into memory. A damaged index file is skipped with a
+    /// warning, so that the blobs listed elsewhere stay readable; `check` reports it.
     pub fn load_index(&self) -> Result<(), RepoError> {
         let mut index = Index::default();
         for id in self.list_index_files()? {
-            for record in self.read_index_file(&id)? {
-                index.add_record(&record);
+            match self.read_index_file(&id) {
+                Ok(records) => {
+                    for record in records {
+                        index.add_record(&record);
+                    }
+                }
+                Err(e @ RepoError::Damaged { .. }) => tracing::warn!("{e}"),
+                Err(e) => return Err(e),
             }
         }
         *self.index.write().expect("index lock") = index;
         Ok(())
+    }
+
+    /// Lists the packs stored in `data/`.
+    pub fn list_packs(&self) -> Result<Vec<PackId>, RepoError> {
+        let mut packs = Vec::new();
+        for prefix in self.backend.list("data")? {
+            for name in self.backend.list(&format!("data/{prefix}"))? {
+                if let Ok(id) = name.parse() {
+                    packs.push(id);
+                }
+            }
+        }
+        Ok(packs)
     }
 
     /// Writes an index file listing the given packs.
@@ -307,11 +343,18 @@ impl Repository {
             BlobKind::Chunk => format!("chunk {}", hex::encode(&id[..4])),
             BlobKind::Tree => format!("tree {}", hex::encode(&id[..4])),
         };
-        let location = self.index().get(id).ok_or_else(|| RepoError::Missing(what.clone()))?;
+        let location = self
+            .index()
+            .get(id)
+            .ok_or_else(|| RepoError::Missing(what.clone()))?;
         let object = format!("{what} in pack {}", location.pack.short());
         let sealed = self
             .backend
-            .read_at(&pack_path(&location.pack), location.offset.into(), location.len as usize)
+            .read_at(
+                &pack_path(&location.pack),
+                location.offset.into(),
+                location.len as usize,
+            )
             .map_err(|e| damaged(object.clone(), e))?;
         let max = match kind {
             BlobKind::Chunk => MAX_CHUNK_LEN,
@@ -344,7 +387,10 @@ impl Repository {
         let plain = self.read_blob(BlobKind::Tree, &id.0)?;
         let tree = Tree::decode(&plain).map_err(|e| damaged(format!("tree {}", id.short()), e))?;
         let tree = Arc::new(tree);
-        self.trees.lock().expect("tree cache lock").put(*id, tree.clone());
+        self.trees
+            .lock()
+            .expect("tree cache lock")
+            .put(*id, tree.clone());
         Ok(tree)
     }
 
@@ -389,7 +435,8 @@ impl Repository {
             .seal(ObjectKind::Snapshot, &[0; 32], &snapshot.encode(), 3)
             .map_err(|e| damaged("new snapshot".into(), e))?;
         let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
-        self.backend.write_atomic(&format!("snapshots/{id}"), &sealed)?;
+        self.backend
+            .write_atomic(&format!("snapshots/{id}"), &sealed)?;
         Ok((id, sealed.len() as u64))
     }
 
@@ -439,14 +486,20 @@ fn encode_config(config: &Config, keys: &Keys) -> Vec<u8> {
 fn decode_config(bytes: &[u8], location: &str) -> Result<(Config, [u8; 32]), RepoError> {
     let object = format!("config of {location}");
     if bytes.len() < 8 + 32 + 1 || &bytes[..8] != CONFIG_MAGIC {
-        return Err(damaged(object, "missing config magic; is this a cairn repository?"));
+        return Err(damaged(
+            object,
+            "missing config magic; is this a cairn repository?",
+        ));
     }
     let body = &bytes[8..bytes.len() - 32];
     let version: u32 = postcard::take_from_bytes::<u32>(body)
         .map_err(|e| damaged(object.clone(), e))?
         .0;
     if version != FORMAT_VERSION {
-        return Err(RepoError::UnsupportedVersion { location: location.to_string(), found: version });
+        return Err(RepoError::UnsupportedVersion {
+            location: location.to_string(),
+            found: version,
+        });
     }
     let config: Config = postcard::from_bytes(body).map_err(|e| damaged(object, e))?;
     let mac: [u8; 32] = bytes[bytes.len() - 32..].try_into().expect("32-byte slice");

@@ -75,7 +75,10 @@ impl PackBuilder {
     pub fn new() -> Self {
         let mut bytes = Vec::with_capacity(super::PACK_TARGET_SIZE + (1 << 20));
         bytes.extend_from_slice(PACK_MAGIC);
-        Self { bytes, entries: Vec::new() }
+        Self {
+            bytes,
+            entries: Vec::new(),
+        }
     }
 
     /// Appends a sealed blob.
@@ -107,7 +110,8 @@ impl PackBuilder {
             .seal(ObjectKind::PackHeader, &[0; 32], &header, 3)
             .expect("pack header seals");
         self.bytes.extend_from_slice(&sealed);
-        self.bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         let id = PackId(*blake3::hash(&self.bytes).as_bytes());
         (id, self.bytes, self.entries)
     }

@@ -128,7 +128,10 @@ impl<'a> BlobWriter<'a> {
     pub fn finish(self) -> Result<u64, RepoError> {
         let (chunks, trees) = {
             let mut state = self.state.lock().expect("writer lock");
-            (std::mem::take(&mut state.chunks), std::mem::take(&mut state.trees))
+            (
+                std::mem::take(&mut state.chunks),
+                std::mem::take(&mut state.trees),
+            )
         };
         self.write_pack(chunks)?;
         self.write_pack(trees)?;

@@ -1,0 +1,604 @@
+//! Walking directories into a snapshot.
+//!
+//! The walk is depth first on the calling thread, because a directory's tree can
+//! only be stored once all its entries are known. File content is read and chunked
+//! on the calling thread too; compression and encryption of new chunks run on a
+//! pool of worker threads that feed the pack writer.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, bounded};
+
+use crate::display::escape_path;
+use crate::id::{ChunkId, SnapshotId};
+use crate::meta::{self, NameCache};
+use crate::repository::pack::BlobKind;
+use crate::repository::{BlobWriter, RepoError, Repository};
+use crate::snapshot::{BackupSummary, Snapshot};
+use crate::tree::{Extent, Node, NodeKind, Timestamp, Tree};
+
+/// Settings of one backup run.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Labels to record in the snapshot.
+    pub tags: Vec<String>,
+    /// Snapshot time instead of now.
+    pub time: Option<Timestamp>,
+    /// Host name instead of this machine's.
+    pub hostname: Option<String>,
+    /// Parent snapshot instead of the latest one with the same host and paths.
+    pub parent: Option<SnapshotId>,
+    /// Read every file even when its metadata says it is unchanged.
+    pub force: bool,
+    /// Worker threads for compression and encryption; 0 means one per core.
+    pub threads: usize,
+}
+
+/// An entry that could not be backed up.
+#[derive(Clone, Debug)]
+pub struct EntryError {
+    /// Path as raw bytes.
+    pub path: Vec<u8>,
+    /// What failed.
+    pub reason: String,
+}
+
+/// Outcome of a backup run.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// The new snapshot's id.
+    pub id: SnapshotId,
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// Entries left out, each with its reason.
+    pub errors: Vec<EntryError>,
+}
+
+/// Makes a path absolute and removes `.` and `..` components without resolving
+/// symlinks, so that `cairn backup link` stores the link itself.
+pub fn absolute_path(path: &Path) -> io::Result<PathBuf> {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for component in joined.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(part) => out.push(part),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Backs up `paths` into a new snapshot.
+///
+/// Entries that cannot be read are left out and listed in the outcome; the
+/// snapshot is then marked incomplete. Repository errors (a full disk, say) abort
+/// the run and leave no snapshot.
+pub fn backup(
+    repo: &Repository,
+    paths: &[PathBuf],
+    options: &BackupOptions,
+) -> Result<BackupOutcome, RepoError> {
+    let started = Instant::now();
+    let time = options.time.unwrap_or_else(Timestamp::now);
+    let hostname = options.hostname.clone().unwrap_or_else(local_hostname);
+
+    let mut absolute = Vec::new();
+    for path in paths {
+        absolute.push(absolute_path(path)?);
+    }
+    absolute.sort();
+    absolute.dedup();
+    let path_bytes: Vec<Vec<u8>> = absolute
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+
+    let parent = find_parent(repo, &hostname, &path_bytes, options)?;
+    let parent_tree = parent.as_ref().map(|(_, snapshot)| snapshot.tree);
+
+    let writer = repo.blob_writer();
+    let threads = if options.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        options.threads
+    };
+
+    let failure: Mutex<Option<RepoError>> = Mutex::new(None);
+    let walker_result = std::thread::scope(|scope| {
+        let (sender, receiver) = bounded::<(ChunkId, Vec<u8>)>(threads * 2);
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let receiver = receiver.clone();
+            let writer = &writer;
+            let failure = &failure;
+            workers.push(scope.spawn(move || seal_worker(repo, writer, receiver, failure)));
+        }
+        drop(receiver);
+
+        let mut walker = Walker {
+            repo,
+            writer: &writer,
+            sender,
+            failure: &failure,
+            names: NameCache::default(),
+            force: options.force,
+            summary: BackupSummary::default(),
+            errors: Vec::new(),
+        };
+        let root = walker.backup_roots(&absolute, parent_tree.as_ref());
+        let Walker {
+            sender,
+            summary,
+            errors,
+            ..
+        } = walker;
+        drop(sender);
+        for worker in workers {
+            worker.join().expect("seal worker panicked");
+        }
+        if let Some(e) = failure.lock().expect("failure lock").take() {
+            return Err(e);
+        }
+        root.map(|tree| (tree, summary, errors))
+    });
+    let (tree, mut summary, errors) = walker_result?;
+
+    let mut bytes_added = writer.finish()?;
+    summary.errors = errors.len() as u64;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    let mut snapshot = Snapshot {
+        time,
+        hostname,
+        username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        paths: path_bytes,
+        tree,
+        parent: parent.map(|(id, _)| id),
+        tags: options.tags.clone(),
+        incomplete: !errors.is_empty(),
+        program_version: env!("CARGO_PKG_VERSION").to_string(),
+        summary,
+    };
+    // The snapshot's own size is part of what the run added; an estimate from its
+    // encoding is close enough for the figure stored inside it.
+    bytes_added += snapshot.encode().len() as u64 + crate::crypto::SEAL_OVERHEAD as u64;
+    snapshot.summary.bytes_added = bytes_added;
+    let (id, _) = repo.save_snapshot(&snapshot)?;
+    Ok(BackupOutcome {
+        id,
+        snapshot,
+        errors,
+    })
+}
+
+/// Returns this machine's host name.
+pub fn local_hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn find_parent(
+    repo: &Repository,
+    hostname: &str,
+    paths: &[Vec<u8>],
+    options: &BackupOptions,
+) -> Result<Option<(SnapshotId, Snapshot)>, RepoError> {
+    if let Some(id) = options.parent {
+        return Ok(Some((id, repo.load_snapshot(&id)?)));
+    }
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.hostname == hostname && s.paths == paths && !s.incomplete))
+}
+
+fn seal_worker(
+    repo: &Repository,
+    writer: &BlobWriter<'_>,
+    receiver: Receiver<(ChunkId, Vec<u8>)>,
+    failure: &Mutex<Option<RepoError>>,
+) {
+    let level = repo.config().compression_level;
+    for (id, data) in receiver {
+        let result = repo
+            .keys()
+            .seal(BlobKind::Chunk.object_kind(), &id.0, &data, level)
+            .map_err(|e| RepoError::Damaged {
+                object: format!("new chunk {}", id.short()),
+                detail: e.to_string(),
+            })
+            .and_then(|sealed| writer.add(BlobKind::Chunk, id.0, &sealed, data.len() as u32));
+        if let Err(e) = result {
+            let mut slot = failure.lock().expect("failure lock");
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
+    }
+}
+
+/// A node of the path skeleton: the directories above the backed-up paths.
+#[derive(Default)]
+struct Skeleton {
+    children: BTreeMap<Vec<u8>, Skeleton>,
+    is_root: bool,
+}
+
+struct Walker<'a, 'w> {
+    repo: &'a Repository,
+    writer: &'w BlobWriter<'a>,
+    sender: crossbeam_channel::Sender<(ChunkId, Vec<u8>)>,
+    failure: &'w Mutex<Option<RepoError>>,
+    names: NameCache,
+    force: bool,
+    summary: BackupSummary,
+    errors: Vec<EntryError>,
+}
+
+impl Walker<'_, '_> {
+    fn backup_roots(
+        &mut self,
+        paths: &[PathBuf],
+        parent: Option<&crate::id::TreeId>,
+    ) -> Result<crate::id::TreeId, RepoError> {
+        let mut skeleton = Skeleton::default();
+        for path in paths {
+            let mut node = &mut skeleton;
+            for component in path.components() {
+                if let Component::Normal(part) = component {
+                    node = node.children.entry(part.as_bytes().to_vec()).or_default();
+                }
+            }
+            node.is_root = true;
+        }
+        if skeleton.is_root {
+            // `cairn backup /`: the root directory's entries form the root tree.
+            return self.backup_dir_contents(Path::new("/"), parent);
+        }
+        self.backup_skeleton(Path::new("/"), &skeleton, parent)
+    }
+
+    fn backup_skeleton(
+        &mut self,
+        dir: &Path,
+        skeleton: &Skeleton,
+        parent: Option<&crate::id::TreeId>,
+    ) -> Result<crate::id::TreeId, RepoError> {
+        let parent_tree = self.load_parent_tree(parent);
+        let mut nodes = Vec::new();
+        for (name, child) in &skeleton.children {
+            let path = dir.join(std::ffi::OsStr::from_bytes(name));
+            let parent_node = parent_tree.as_ref().and_then(|t| t.find(name)).cloned();
+            if child.is_root {
+                if let Some(node) = self.backup_entry(&path, name, parent_node.as_ref())? {
+                    nodes.push(node);
+                }
+                continue;
+            }
+            // A directory above a backed-up path: keep its metadata, and only the
+            // entries that lead to backed-up paths.
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) if md.is_dir() => md,
+                Ok(_) => {
+                    self.report(&path, "is not a directory");
+                    continue;
+                }
+                Err(e) => {
+                    self.report(&path, &e.to_string());
+                    continue;
+                }
+            };
+            let mut node = meta::node_from_metadata(name, NodeKind::Dir, &md, &self.names);
+            node.xattrs = meta::read_xattrs(&path).unwrap_or_default();
+            let parent_sub = parent_node.as_ref().and_then(|n| n.subtree);
+            node.subtree = Some(self.backup_skeleton(&path, child, parent_sub.as_ref())?);
+            nodes.push(node);
+        }
+        self.writer.store_tree(&Tree { nodes })
+    }
+
+    fn load_parent_tree(&mut self, id: Option<&crate::id::TreeId>) -> Option<std::sync::Arc<Tree>> {
+        let id = id?;
+        match self.repo.load_tree(id) {
+            Ok(tree) => Some(tree),
+            Err(e) => {
+                tracing::warn!(
+                    "parent tree {} unreadable, files below are read again: {e}",
+                    id.short()
+                );
+                None
+            }
+        }
+    }
+
+    fn report(&mut self, path: &Path, reason: &str) {
+        let escaped = escape_path(path.as_os_str().as_bytes());
+        tracing::warn!("skipped {escaped}: {reason}");
+        eprintln!("error: {escaped}: {reason}");
+        self.errors.push(EntryError {
+            path: path.as_os_str().as_bytes().to_vec(),
+            reason: reason.to_string(),
+        });
+    }
+
+    fn check_failure(&self) -> Result<(), RepoError> {
+        if let Some(e) = self.failure.lock().expect("failure lock").take() {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Backs up one entry; `Ok(None)` means it was skipped and reported.
+    fn backup_entry(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        parent: Option<&Node>,
+    ) -> Result<Option<Node>, RepoError> {
+        let md = match fs::symlink_metadata(path) {
+            Ok(md) => md,
+            Err(e) => {
+                self.report(path, &e.to_string());
+                return Ok(None);
+            }
+        };
+        let Some(kind) = meta::node_kind(&md) else {
+            self.report(path, "unknown file type");
+            return Ok(None);
+        };
+        let mut node = meta::node_from_metadata(name, kind, &md, &self.names);
+        match meta::read_xattrs(path) {
+            Ok(xattrs) => node.xattrs = xattrs,
+            Err(e) => self.report(path, &format!("extended attributes not read: {e}")),
+        }
+
+        match kind {
+            NodeKind::Dir => {
+                self.summary.dirs += 1;
+                let parent_sub = parent
+                    .filter(|p| p.kind == NodeKind::Dir)
+                    .and_then(|p| p.subtree);
+                node.subtree = Some(self.backup_dir_contents(path, parent_sub.as_ref())?);
+            }
+            NodeKind::Symlink => match fs::read_link(path) {
+                Ok(target) => node.target = target.as_os_str().as_bytes().to_vec(),
+                Err(e) => {
+                    self.report(path, &e.to_string());
+                    return Ok(None);
+                }
+            },
+            NodeKind::File => {
+                let parent = parent.filter(|p| p.kind == NodeKind::File);
+                if !self.force
+                    && let Some(old) = parent.filter(|p| self.unchanged(p, &node))
+                {
+                    node.content = old.content.clone();
+                    self.summary.files_unchanged += 1;
+                    self.summary.total_bytes += node.size;
+                    return Ok(Some(node));
+                }
+                match self.read_file(path, &mut node) {
+                    Ok(()) => {}
+                    Err(ReadError::Source(e)) => {
+                        self.report(path, &e.to_string());
+                        return Ok(None);
+                    }
+                    Err(ReadError::Repo(e)) => return Err(e),
+                }
+                if parent.is_some() {
+                    self.summary.files_changed += 1;
+                } else {
+                    self.summary.files_new += 1;
+                }
+                self.summary.total_bytes += node.size;
+            }
+            NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice => {}
+        }
+        Ok(Some(node))
+    }
+
+    /// True when the file's metadata matches the parent's and all its chunks are
+    /// still stored, so its content need not be read.
+    fn unchanged(&self, old: &Node, new: &Node) -> bool {
+        old.size == new.size
+            && old.mtime == new.mtime
+            && old.ctime == new.ctime
+            && old.inode == new.inode
+            && old.dev == new.dev
+            && {
+                let index = self.repo.index();
+                old.content.iter().all(|e| match e {
+                    Extent::Data { id, .. } => index.contains(&id.0),
+                    Extent::Hole { .. } => true,
+                })
+            }
+    }
+
+    fn backup_dir_contents(
+        &mut self,
+        path: &Path,
+        parent: Option<&crate::id::TreeId>,
+    ) -> Result<crate::id::TreeId, RepoError> {
+        let parent_tree = self.load_parent_tree(parent);
+        let mut names = Vec::new();
+        match fs::read_dir(path) {
+            Ok(entries) => {
+                for entry in entries {
+                    match entry {
+                        Ok(entry) => names.push(entry.file_name().as_bytes().to_vec()),
+                        Err(e) => self.report(path, &format!("listing failed: {e}")),
+                    }
+                }
+            }
+            Err(e) => self.report(path, &format!("listing failed: {e}")),
+        }
+        names.sort();
+
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            self.check_failure()?;
+            let child = path.join(std::ffi::OsStr::from_bytes(&name));
+            let parent_node = parent_tree.as_ref().and_then(|t| t.find(&name));
+            if let Some(node) = self.backup_entry(&child, &name, parent_node)? {
+                nodes.push(node);
+            }
+        }
+        self.writer.store_tree(&Tree { nodes })
+    }
+
+    fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<(), ReadError> {
+        // O_NOFOLLOW: the entry was a regular file at lstat time; if it has been
+        // swapped for a symlink since, reading must not follow it. O_NONBLOCK keeps
+        // a file swapped for a FIFO from blocking the backup.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(ReadError::Source)?;
+        let before = file.metadata().map_err(ReadError::Source)?;
+        if !before.is_file() {
+            return Err(ReadError::Source(io::Error::other(
+                "replaced by a non-regular file during the backup",
+            )));
+        }
+
+        let sparse = before.blocks() * 512 < before.size();
+        let mut content = Vec::new();
+        let bytes = if sparse {
+            self.read_sparse(&file, before.size(), &mut content)?
+        } else {
+            self.chunk_stream(&file, &mut content)?
+        };
+        self.summary.bytes_read += bytes;
+
+        let after = file.metadata().map_err(ReadError::Source)?;
+        if after.mtime() != before.mtime()
+            || after.mtime_nsec() != before.mtime_nsec()
+            || after.size() != before.size()
+        {
+            tracing::warn!(
+                "{} changed while it was read",
+                escape_path(path.as_os_str().as_bytes())
+            );
+            eprintln!(
+                "warning: {} changed while it was read; the snapshot holds the bytes read",
+                escape_path(path.as_os_str().as_bytes())
+            );
+        }
+        node.size = content.iter().map(Extent::len).sum();
+        node.content = content;
+        Ok(())
+    }
+
+    /// Reads a sparse file region by region with SEEK_DATA and SEEK_HOLE, so that
+    /// holes cost nothing.
+    fn read_sparse(
+        &mut self,
+        file: &File,
+        size: u64,
+        content: &mut Vec<Extent>,
+    ) -> Result<u64, ReadError> {
+        use std::os::fd::AsRawFd;
+
+        let fd = file.as_raw_fd();
+        let mut position = 0u64;
+        let mut total = 0u64;
+        while position < size {
+            // SAFETY: lseek on a valid open descriptor has no memory effects.
+            let data = unsafe { libc::lseek(fd, position as i64, libc::SEEK_DATA) };
+            if data < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    push_hole(content, size - position);
+                    break;
+                }
+                return Err(ReadError::Source(e));
+            }
+            let data = data as u64;
+            if data > position {
+                push_hole(content, data - position);
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(ReadError::Source(io::Error::last_os_error()));
+            }
+            let hole = (hole as u64).min(size);
+            let mut region = io::Read::take(ReadAt { file, offset: data }, hole - data);
+            total += self.chunk_stream(&mut region, content)?;
+            position = hole;
+        }
+        Ok(total)
+    }
+
+    fn chunk_stream(
+        &mut self,
+        reader: impl Read,
+        content: &mut Vec<Extent>,
+    ) -> Result<u64, ReadError> {
+        let repo = self.repo;
+        let writer = self.writer;
+        let sender = &self.sender;
+        let mut repo_error = None;
+        let read = repo.chunker().chunk_reader(reader, |chunk| {
+            let id = repo.keys().chunk_id(chunk);
+            content.push(Extent::Data {
+                id,
+                len: chunk.len() as u32,
+            });
+            if writer.reserve(&id.0) && sender.send((id, chunk.to_vec())).is_err() {
+                repo_error = Some(RepoError::Io(io::Error::other("all seal workers stopped")));
+                return Err(io::Error::other("seal workers stopped"));
+            }
+            Ok(())
+        });
+        if let Some(e) = repo_error {
+            return Err(ReadError::Repo(e));
+        }
+        read.map_err(ReadError::Source)
+    }
+}
+
+fn push_hole(content: &mut Vec<Extent>, len: u64) {
+    if let Some(Extent::Hole { len: previous }) = content.last_mut() {
+        *previous += len;
+    } else {
+        content.push(Extent::Hole { len });
+    }
+}
+
+struct ReadAt<'f> {
+    file: &'f File,
+    offset: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+enum ReadError {
+    /// The source file failed; the entry is skipped.
+    Source(io::Error),
+    /// The repository failed; the backup stops.
+    Repo(RepoError),
+}

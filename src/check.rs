@@ -1,0 +1,238 @@
+//! Verifying a repository: structure always, every byte of every pack on request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use crate::display::escape_path;
+use crate::id::{PackId, SnapshotId, TreeId};
+use crate::repository::pack::{BlobKind, decode_pack};
+use crate::repository::{RepoError, Repository, pack_path};
+use crate::tree::{Extent, NodeKind};
+
+/// Settings of a check.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckOptions {
+    /// Read every pack and verify every blob's content.
+    pub read_data: bool,
+}
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Distinct trees walked.
+    pub trees: usize,
+    /// Packs in the repository.
+    pub packs: usize,
+    /// Packs read in full (with `read_data`).
+    pub packs_read: usize,
+    /// Blobs in the index.
+    pub blobs: usize,
+    /// One line per problem; empty when the repository is healthy.
+    pub problems: Vec<String>,
+    /// Files whose content is damaged: snapshot, path and byte range.
+    pub damaged_files: Vec<String>,
+}
+
+/// Checks the repository. Problems are collected in the report, not returned as
+/// errors; an `Err` means the check itself could not run.
+pub fn check(repo: &Repository, options: CheckOptions) -> Result<CheckReport, RepoError> {
+    let mut report = CheckReport::default();
+
+    for id in repo.list_index_files()? {
+        if let Err(e) = repo.read_index_file(&id) {
+            report.problems.push(e.to_string());
+        }
+    }
+
+    let stored: HashSet<PackId> = repo.list_packs()?.into_iter().collect();
+    report.packs = stored.len();
+    let mut bad_blobs: HashSet<[u8; 32]> = HashSet::new();
+    {
+        let index = repo.index();
+        report.blobs = index.len();
+        let mut missing_packs = HashSet::new();
+        for (id, location) in index.iter() {
+            if !stored.contains(&location.pack) {
+                missing_packs.insert(location.pack);
+                bad_blobs.insert(id);
+            }
+        }
+        for pack in missing_packs {
+            report
+                .problems
+                .push(format!("pack {pack} is listed in the index but missing"));
+        }
+    }
+
+    if options.read_data {
+        let (problems, bad) = read_all_packs(repo, &stored);
+        report.packs_read = stored.len();
+        report.problems.extend(problems);
+        bad_blobs.extend(bad);
+    }
+
+    let mut seen_trees = HashMap::new();
+    for id in repo.list_snapshot_ids()? {
+        match repo.load_snapshot(&id) {
+            Ok(snapshot) => {
+                report.snapshots += 1;
+                let mut walk = TreeWalk {
+                    repo,
+                    snapshot: id,
+                    seen: &mut seen_trees,
+                    bad_blobs: &bad_blobs,
+                    report: &mut report,
+                };
+                walk.snapshot(&snapshot.tree)?;
+            }
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    report.trees = seen_trees.len();
+    Ok(report)
+}
+
+/// Reads every pack, checks its hash against its name, decodes its header and
+/// opens every blob. Returns problems and the ids of blobs that failed.
+fn read_all_packs(repo: &Repository, packs: &HashSet<PackId>) -> (Vec<String>, HashSet<[u8; 32]>) {
+    let problems = Mutex::new(Vec::new());
+    let bad = Mutex::new(HashSet::new());
+    let packs: Vec<&PackId> = packs.iter().collect();
+    packs.par_iter().for_each(|pack| {
+        let mark_all_bad = |reason: String| {
+            problems
+                .lock()
+                .expect("lock")
+                .push(format!("pack {pack}: {reason}"));
+            let index = repo.index();
+            let mut bad = bad.lock().expect("lock");
+            for (id, location) in index.iter() {
+                if location.pack == **pack {
+                    bad.insert(id);
+                }
+            }
+        };
+        let bytes = match repo.backend().read(&pack_path(pack)) {
+            Ok(bytes) => bytes,
+            Err(e) => return mark_all_bad(format!("unreadable: {e}")),
+        };
+        if *blake3::hash(&bytes).as_bytes() != pack.0 {
+            problems.lock().expect("lock").push(format!(
+                "pack {pack}: contents do not match its name (damaged)"
+            ));
+        }
+        let entries = match decode_pack(repo.keys(), &bytes) {
+            Ok(entries) => entries,
+            Err(e) => return mark_all_bad(format!("header unreadable: {e}")),
+        };
+        for entry in entries {
+            let start = entry.offset as usize;
+            let sealed = &bytes[start..start + entry.len as usize];
+            let ok = repo
+                .keys()
+                .open(entry.kind.object_kind(), &entry.id, sealed, 64 << 20)
+                .map(|plain| match entry.kind {
+                    BlobKind::Chunk => repo.keys().chunk_id(&plain).0 == entry.id,
+                    BlobKind::Tree => repo.keys().tree_id(&plain).0 == entry.id,
+                })
+                .unwrap_or(false);
+            if !ok {
+                problems.lock().expect("lock").push(format!(
+                    "pack {pack}: {:?} blob {} at offset {} is damaged",
+                    entry.kind,
+                    hex::encode(&entry.id[..4]),
+                    entry.offset
+                ));
+                bad.lock().expect("lock").insert(entry.id);
+            }
+        }
+    });
+    (
+        problems.into_inner().expect("lock"),
+        bad.into_inner().expect("lock"),
+    )
+}
+
+/// Damage found below one tree: paths relative to it, each with a description.
+type Damage = std::rc::Rc<Vec<(Vec<u8>, String)>>;
+
+struct TreeWalk<'a> {
+    repo: &'a Repository,
+    snapshot: SnapshotId,
+    seen: &'a mut HashMap<TreeId, Damage>,
+    bad_blobs: &'a HashSet<[u8; 32]>,
+    report: &'a mut CheckReport,
+}
+
+impl TreeWalk<'_> {
+    /// Reports every damaged file and directory of the snapshot.
+    fn snapshot(&mut self, root: &TreeId) -> Result<(), RepoError> {
+        let damage = self.tree(root)?;
+        for (path, what) in damage.iter() {
+            let line = format!(
+                "snapshot {}: {} {what}",
+                self.snapshot.short(),
+                escape_path(path)
+            );
+            self.report.damaged_files.push(line);
+        }
+        Ok(())
+    }
+
+    /// Returns the damage below a tree; each tree is walked once, and its result
+    /// is reused for every snapshot that contains it.
+    fn tree(&mut self, id: &TreeId) -> Result<Damage, RepoError> {
+        if let Some(damage) = self.seen.get(id) {
+            return Ok(damage.clone());
+        }
+        let mut damage = Vec::new();
+        let tree = match self.repo.load_tree(id) {
+            Ok(tree) => Some(tree),
+            Err(e @ (RepoError::Damaged { .. } | RepoError::Missing(_))) => {
+                damage.push((Vec::new(), format!("(directory) unreadable: {e}")));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        for node in tree.iter().flat_map(|t| t.nodes.iter()) {
+            let mut path = vec![b'/'];
+            path.extend_from_slice(&node.name);
+            match node.kind {
+                NodeKind::Dir => match &node.subtree {
+                    Some(sub) => {
+                        for (below, what) in self.tree(sub)?.iter() {
+                            let mut full = path.clone();
+                            full.extend_from_slice(below);
+                            damage.push((full, what.clone()));
+                        }
+                    }
+                    None => damage.push((path, "(directory) has no tree".into())),
+                },
+                NodeKind::File => {
+                    let index = self.repo.index();
+                    let mut offset = 0u64;
+                    let mut ranges = Vec::new();
+                    for extent in &node.content {
+                        if let Extent::Data { id, len } = extent
+                            && (!index.contains(&id.0) || self.bad_blobs.contains(&id.0))
+                        {
+                            ranges.push(format!("{offset}-{}", offset + u64::from(*len)));
+                        }
+                        offset += extent.len();
+                    }
+                    if !ranges.is_empty() {
+                        damage.push((path, format!("bytes {} lost", ranges.join(","))));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let damage: Damage = std::rc::Rc::new(damage);
+        self.seen.insert(*id, damage.clone());
+        Ok(damage)
+    }
+}

@@ -1,0 +1,185 @@
+//! Command-line interface: one file per command. Only this module and `main.rs`
+//! use `anyhow`; the library returns typed errors.
+
+mod backup;
+mod check;
+mod diff;
+mod ls;
+mod mount;
+mod restore;
+mod snapshots;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::repository::{RepoError, Repository};
+
+/// Exit code of a run that did its work.
+pub const EXIT_OK: i32 = 0;
+/// Exit code of a failure.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code of a backup that left out entries it could not read.
+pub const EXIT_INCOMPLETE: i32 = 3;
+/// Exit code when no repository exists at the given location.
+pub const EXIT_NO_REPOSITORY: i32 = 10;
+/// Exit code of a wrong password.
+pub const EXIT_WRONG_PASSWORD: i32 = 12;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   success
+  1   failure (the error message says what failed)
+  3   backup incomplete: some files could not be read; the snapshot holds the rest
+  10  no repository at the given location
+  12  wrong password";
+
+/// Encrypted, deduplicated backups that mount as ordinary directory trees.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Repository directory.
+    #[arg(short = 'r', long, env = "CAIRN_REPO", global = true)]
+    pub repo: Option<PathBuf>,
+
+    /// File whose first line is the password; otherwise CAIRN_PASSWORD, or a
+    /// prompt on the terminal.
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug); RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Only errors on standard error.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init,
+    /// Back up files and directories into a new snapshot.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Backup(backup::BackupArgs),
+    /// List snapshots, oldest first.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// List the entries of a snapshot.
+    Ls(ls::LsArgs),
+    /// Restore a snapshot into a directory.
+    Restore(restore::RestoreArgs),
+    /// List the paths that differ between two snapshots.
+    Diff(diff::DiffArgs),
+    /// Mount all snapshots read-only at a directory.
+    Mount(mount::MountArgs),
+    /// Verify the repository's structure, and optionally all data.
+    Check(check::CheckArgs),
+}
+
+/// Sets up `tracing` from `-v`/`-q` and `RUST_LOG`.
+pub fn init_logging(cli: &Cli) {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cairn={default}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Maps an error to the documented exit code.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    match error.downcast_ref::<RepoError>() {
+        Some(RepoError::WrongPassword(_)) => EXIT_WRONG_PASSWORD,
+        Some(RepoError::NotFound(_)) => EXIT_NO_REPOSITORY,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// Runs a parsed command and returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Init => init(&cli),
+        Command::Backup(args) => backup::run(&cli, args),
+        Command::Snapshots(args) => snapshots::run(&cli, args),
+        Command::Ls(args) => ls::run(&cli, args),
+        Command::Restore(args) => restore::run(&cli, args),
+        Command::Diff(args) => diff::run(&cli, args),
+        Command::Mount(args) => mount::run(&cli, args),
+        Command::Check(args) => check::run(&cli, args),
+    }
+}
+
+fn repo_path(cli: &Cli) -> anyhow::Result<&PathBuf> {
+    cli.repo
+        .as_ref()
+        .context("no repository given: pass --repo PATH or set CAIRN_REPO")
+}
+
+/// Reads the password from --password-file, CAIRN_PASSWORD or the terminal.
+fn password(cli: &Cli, confirm: bool) -> anyhow::Result<Vec<u8>> {
+    if let Some(file) = &cli.password_file {
+        let text = std::fs::read(file)
+            .with_context(|| format!("cannot read password file {}", file.display()))?;
+        let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            bail!("password file {} is empty", file.display());
+        }
+        return Ok(line.to_vec());
+    }
+    if let Some(password) = std::env::var_os("CAIRN_PASSWORD") {
+        use std::os::unix::ffi::OsStringExt;
+        return Ok(password.into_vec());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("no password given: use --password-file, CAIRN_PASSWORD_FILE or CAIRN_PASSWORD");
+    }
+    let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+    if confirm {
+        let second =
+            rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
+        if first != second {
+            bail!("the passwords do not match");
+        }
+    }
+    if first.is_empty() {
+        bail!("an empty password is not allowed");
+    }
+    Ok(first.into_bytes())
+}
+
+/// Opens the repository named on the command line.
+fn open(cli: &Cli) -> anyhow::Result<Repository> {
+    let path = repo_path(cli)?;
+    if !path.join("config").is_file() {
+        return Err(RepoError::NotFound(path.display().to_string()).into());
+    }
+    let password = password(cli, false)?;
+    Ok(Repository::open_local(path, &password)?)
+}
+
+fn init(cli: &Cli) -> anyhow::Result<i32> {
+    let path = repo_path(cli)?;
+    let password = password(cli, true)?;
+    let repo = Repository::init_local(path, &password, "default")?;
+    println!(
+        "created repository {} at {}",
+        hex::encode(repo.config().repo_id),
+        path.display()
+    );
+    println!("keep the password safe: without it the data cannot be restored");
+    Ok(EXIT_OK)
+}
