@@ -293,8 +293,8 @@ fn object_cipher(key: &[u8; 32], salt: &[u8; 16]) -> Aes256GcmSiv {
 fn decompress_bounded(input: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
     use std::io::Read;
 
-    let decoder =
-        zstd::stream::read::Decoder::new(input).map_err(|e| CryptoError::Compression(e.to_string()))?;
+    let decoder = zstd::stream::read::Decoder::new(input)
+        .map_err(|e| CryptoError::Compression(e.to_string()))?;
     let mut out = Vec::new();
     let read = decoder
         .take(max_len as u64 + 1)
@@ -341,14 +341,11 @@ impl KdfParams {
                 self.memory_kib, self.iterations
             )));
         }
-        let params = argon2::Params::new(
-            self.memory_kib,
-            self.iterations,
-            self.parallelism,
-            Some(32),
-        )
-        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
         argon
             .hash_password_into(password, salt, &mut out)
@@ -402,7 +399,9 @@ mod tests {
         let data = b"hello hello hello hello hello hello hello hello hello hello hello hello";
         let id = keys.chunk_id(data);
         let sealed = keys.seal(ObjectKind::Chunk, &id.0, data, 3).unwrap();
-        let opened = keys.open(ObjectKind::Chunk, &id.0, &sealed, 1 << 20).unwrap();
+        let opened = keys
+            .open(ObjectKind::Chunk, &id.0, &sealed, 1 << 20)
+            .unwrap();
         assert_eq!(opened, data);
     }
 
@@ -417,25 +416,40 @@ mod tests {
     #[test]
     fn open_rejects_flipped_byte() {
         let keys = keys();
-        let sealed = keys.seal(ObjectKind::Tree, &[1; 32], b"tree bytes", 3).unwrap();
+        let sealed = keys
+            .seal(ObjectKind::Tree, &[1; 32], b"tree bytes", 3)
+            .unwrap();
         for position in [0, 5, 20, SEAL_HEADER_LEN + 2, sealed.len() - 1] {
             let mut damaged = sealed.clone();
             damaged[position] ^= 0x40;
-            assert!(keys.open(ObjectKind::Tree, &[1; 32], &damaged, 1 << 20).is_err());
+            assert!(
+                keys.open(ObjectKind::Tree, &[1; 32], &damaged, 1 << 20)
+                    .is_err()
+            );
         }
     }
 
     #[test]
     fn open_rejects_other_kind_or_id() {
         let keys = keys();
-        let sealed = keys.seal(ObjectKind::Tree, &[1; 32], b"tree bytes", 3).unwrap();
-        assert!(keys.open(ObjectKind::Snapshot, &[1; 32], &sealed, 1 << 20).is_err());
-        assert!(keys.open(ObjectKind::Tree, &[2; 32], &sealed, 1 << 20).is_err());
+        let sealed = keys
+            .seal(ObjectKind::Tree, &[1; 32], b"tree bytes", 3)
+            .unwrap();
+        assert!(
+            keys.open(ObjectKind::Snapshot, &[1; 32], &sealed, 1 << 20)
+                .is_err()
+        );
+        assert!(
+            keys.open(ObjectKind::Tree, &[2; 32], &sealed, 1 << 20)
+                .is_err()
+        );
     }
 
     #[test]
     fn open_rejects_wrong_key() {
-        let sealed = keys().seal(ObjectKind::Chunk, &[0; 32], b"secret", 0).unwrap();
+        let sealed = keys()
+            .seal(ObjectKind::Chunk, &[0; 32], b"secret", 0)
+            .unwrap();
         assert!(matches!(
             keys().open(ObjectKind::Chunk, &[0; 32], &sealed, 1 << 20),
             Err(CryptoError::Authentication)
@@ -447,12 +461,19 @@ mod tests {
         let keys = keys();
         let data = vec![0u8; 1 << 20];
         let sealed = keys.seal(ObjectKind::Chunk, &[0; 32], &data, 3).unwrap();
-        assert!(keys.open(ObjectKind::Chunk, &[0; 32], &sealed, 1000).is_err());
+        assert!(
+            keys.open(ObjectKind::Chunk, &[0; 32], &sealed, 1000)
+                .is_err()
+        );
     }
 
     #[test]
     fn wrap_unwrap_rejects_wrong_password() {
-        let params = KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 };
+        let params = KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
         let root = RootSecret::generate();
         let kek = params.derive(b"right", b"saltsaltsaltsalt").unwrap();
         let (nonce, wrapped) = wrap_root(&kek, b"slot", &root).unwrap();

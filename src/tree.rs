@@ -13,7 +13,9 @@ pub const MAX_TREE_LEN: usize = 256 << 20;
 
 /// A point in time with nanosecond precision, seconds relative to the Unix epoch
 /// (negative before 1970).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp {
     /// Whole seconds since 1970-01-01 00:00:00 UTC.
     pub secs: i64,
@@ -222,7 +224,9 @@ impl Tree {
             }
         }
         if tree.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
-            return Err(TreeError::Malformed("entries not sorted or duplicated".into()));
+            return Err(TreeError::Malformed(
+                "entries not sorted or duplicated".into(),
+            ));
         }
         Ok(tree)
     }
@@ -244,23 +248,38 @@ mod tests {
     fn tree_round_trip() {
         let mut file = Node::new(b"a\xffb".to_vec(), NodeKind::File);
         file.content = vec![
-            Extent::Data { id: ChunkId([3; 32]), len: 10 },
+            Extent::Data {
+                id: ChunkId([3; 32]),
+                len: 10,
+            },
             Extent::Hole { len: 1 << 40 },
         ];
-        file.xattrs.push(Xattr { name: b"user.x".to_vec(), value: vec![0; 100] });
-        let tree = Tree { nodes: vec![file, Node::new(b"b".to_vec(), NodeKind::Dir)] };
+        file.xattrs.push(Xattr {
+            name: b"user.x".to_vec(),
+            value: vec![0; 100],
+        });
+        let tree = Tree {
+            nodes: vec![file, Node::new(b"b".to_vec(), NodeKind::Dir)],
+        };
         assert_eq!(Tree::decode(&tree.encode()).unwrap(), tree);
     }
 
     #[test]
     fn tree_decode_rejects_unsorted_and_bad_names() {
         let unsorted = Tree {
-            nodes: vec![Node::new(b"b".to_vec(), NodeKind::File), Node::new(b"a".to_vec(), NodeKind::File)],
+            nodes: vec![
+                Node::new(b"b".to_vec(), NodeKind::File),
+                Node::new(b"a".to_vec(), NodeKind::File),
+            ],
         };
         assert!(Tree::decode(&unsorted.encode()).is_err());
-        let slash = Tree { nodes: vec![Node::new(b"a/b".to_vec(), NodeKind::File)] };
+        let slash = Tree {
+            nodes: vec![Node::new(b"a/b".to_vec(), NodeKind::File)],
+        };
         assert!(Tree::decode(&slash.encode()).is_err());
-        let dotdot = Tree { nodes: vec![Node::new(b"..".to_vec(), NodeKind::Dir)] };
+        let dotdot = Tree {
+            nodes: vec![Node::new(b"..".to_vec(), NodeKind::Dir)],
+        };
         assert!(Tree::decode(&dotdot.encode()).is_err());
     }
 
@@ -271,7 +290,10 @@ mod tests {
 
     #[test]
     fn timestamp_before_epoch() {
-        let t = Timestamp { secs: -2, nanos: 500_000_000 };
+        let t = Timestamp {
+            secs: -2,
+            nanos: 500_000_000,
+        };
         let st = t.to_system_time();
         let d = std::time::UNIX_EPOCH.duration_since(st).unwrap();
         assert_eq!(d.as_millis(), 1500);
