@@ -39,6 +39,8 @@ pub struct BackupOptions {
     pub force: bool,
     /// Worker threads for compression and encryption; 0 means one per core.
     pub threads: usize,
+    /// How long to wait for an exclusive lock (a running prune) to go away.
+    pub lock_wait: std::time::Duration,
 }
 
 /// An entry that could not be backed up.
@@ -107,6 +109,10 @@ pub fn backup(
         .map(|p| p.as_os_str().as_bytes().to_vec())
         .collect();
 
+    let lock = repo.lock_shared("backup", options.lock_wait)?;
+    // Blobs deleted by a prune that finished before the lock was taken must not
+    // be deduplicated against, so the index is read again under the lock.
+    repo.load_index()?;
     let parent = find_parent(repo, &hostname, &path_bytes, options)?;
     let parent_tree = parent.as_ref().map(|(_, snapshot)| snapshot.tree);
 
@@ -176,7 +182,9 @@ pub fn backup(
     // encoding is close enough for the figure stored inside it.
     bytes_added += snapshot.encode().len() as u64 + crate::crypto::SEAL_OVERHEAD as u64;
     snapshot.summary.bytes_added = bytes_added;
+    lock.check()?;
     let (id, _) = repo.save_snapshot(&snapshot)?;
+    drop(lock);
     Ok(BackupOutcome {
         id,
         snapshot,

@@ -50,6 +50,8 @@ pub enum ObjectKind {
     Snapshot = 5,
     /// A wrapped root secret inside a key slot.
     KeySlot = 6,
+    /// A lock file.
+    Lock = 7,
 }
 
 /// Errors of sealing, opening and key handling.

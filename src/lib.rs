@@ -9,6 +9,7 @@ pub mod diff;
 pub mod display;
 pub mod id;
 pub mod meta;
+pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;

@@ -29,6 +29,9 @@ pub struct BackupArgs {
     /// Read every file, even those whose size, times and inode are unchanged.
     #[arg(long)]
     force: bool,
+    /// Seconds to wait while a prune holds the repository lock.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    lock_wait: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -62,6 +65,7 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
         parent,
         force: args.force,
         threads: 0,
+        lock_wait: std::time::Duration::from_secs(args.lock_wait),
     };
     let outcome = backup(&repo, &args.paths, &options)?;
     let s = &outcome.snapshot.summary;

@@ -6,8 +6,10 @@ mod check;
 mod diff;
 mod ls;
 mod mount;
+mod prune;
 mod restore;
 mod snapshots;
+mod unlock;
 
 use std::path::PathBuf;
 
@@ -24,6 +26,8 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_INCOMPLETE: i32 = 3;
 /// Exit code when no repository exists at the given location.
 pub const EXIT_NO_REPOSITORY: i32 = 10;
+/// Exit code when another process holds a conflicting repository lock.
+pub const EXIT_LOCKED: i32 = 11;
 /// Exit code of a wrong password.
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
 
@@ -33,6 +37,7 @@ Exit codes:
   1   failure (the error message says what failed)
   3   backup incomplete: some files could not be read; the snapshot holds the rest
   10  no repository at the given location
+  11  repository locked by another process
   12  wrong password";
 
 /// Encrypted, deduplicated backups that mount as ordinary directory trees.
@@ -80,6 +85,10 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Verify the repository's structure, and optionally all data.
     Check(check::CheckArgs),
+    /// Delete data that no snapshot uses, and repack mostly unused packs.
+    Prune(prune::PruneArgs),
+    /// Remove stale locks left by processes that were killed.
+    Unlock(unlock::UnlockArgs),
 }
 
 /// Sets up `tracing` from `-v`/`-q` and `RUST_LOG`.
@@ -104,6 +113,7 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
     match error.downcast_ref::<RepoError>() {
         Some(RepoError::WrongPassword(_)) => EXIT_WRONG_PASSWORD,
         Some(RepoError::NotFound(_)) => EXIT_NO_REPOSITORY,
+        Some(RepoError::Locked(_)) => EXIT_LOCKED,
         _ => EXIT_FAILURE,
     }
 }
@@ -119,6 +129,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(args) => diff::run(&cli, args),
         Command::Mount(args) => mount::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
+        Command::Prune(args) => prune::run(&cli, args),
+        Command::Unlock(args) => unlock::run(&cli, args),
     }
 }
 

@@ -25,6 +25,9 @@ pub trait Backend: Send + Sync {
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Removes a file.
     fn remove(&self, name: &str) -> io::Result<()>;
+    /// Removes the temporary files of writes that never finished and returns how
+    /// many there were. Only safe while no other process writes.
+    fn remove_temporary_files(&self) -> io::Result<u64>;
 }
 
 /// A repository in a local directory.
@@ -122,5 +125,23 @@ impl Backend for LocalBackend {
     fn remove(&self, name: &str) -> io::Result<()> {
         let path = self.path(name);
         fs::remove_file(&path).map_err(|e| with_path(e, &path))
+    }
+
+    fn remove_temporary_files(&self) -> io::Result<u64> {
+        let mut removed = 0;
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).map_err(|e| with_path(e, &dir))? {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    dirs.push(path);
+                } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    fs::remove_file(&path).map_err(|e| with_path(e, &path))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 }

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod index;
 mod keyfile;
+pub mod lock;
 pub mod pack;
 mod writer;
 
@@ -84,6 +85,14 @@ pub enum RepoError {
     /// A blob or snapshot the caller asked for is not stored.
     #[error("{0} not found in the repository")]
     Missing(String),
+    /// Another process holds a conflicting lock.
+    #[error(
+        "repository is locked by {0}; wait for it to finish, or if that process no longer runs, its lock turns stale 30 minutes after its last refresh"
+    )]
+    Locked(String),
+    /// This process's own lock lapsed, so it must not commit.
+    #[error("lost the repository lock ({0}); nothing was committed, run the command again")]
+    LockLost(String),
     /// A snapshot name matched no snapshot or more than one.
     #[error("{0}")]
     SnapshotSpec(String),
@@ -104,7 +113,7 @@ pub struct Config {
 
 /// An open repository.
 pub struct Repository {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
     config: Config,
     keys: Keys,
     chunker: Chunker,
@@ -226,7 +235,7 @@ impl Repository {
     fn assemble(backend: Box<dyn Backend>, config: Config, keys: Keys) -> Self {
         let chunker = Chunker::new(config.chunker, keys.gear_table());
         Self {
-            backend,
+            backend: Arc::from(backend),
             config,
             keys,
             chunker,
@@ -238,6 +247,11 @@ impl Repository {
     /// Returns the storage backend.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// Returns a shared handle to the storage backend, for background threads.
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     /// Returns the repository location for messages.
@@ -343,19 +357,17 @@ impl Repository {
             BlobKind::Chunk => format!("chunk {}", hex::encode(&id[..4])),
             BlobKind::Tree => format!("tree {}", hex::encode(&id[..4])),
         };
-        let location = self
-            .index()
-            .get(id)
-            .ok_or_else(|| RepoError::Missing(what.clone()))?;
+        let mut location = self.locate(id, &what)?;
+        let mut read = self.read_sealed(&location);
+        if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            // A prune may have repacked the blob since the index was loaded. It
+            // writes the new index files before it deletes old packs, so reload once.
+            self.load_index()?;
+            location = self.locate(id, &what)?;
+            read = self.read_sealed(&location);
+        }
         let object = format!("{what} in pack {}", location.pack.short());
-        let sealed = self
-            .backend
-            .read_at(
-                &pack_path(&location.pack),
-                location.offset.into(),
-                location.len as usize,
-            )
-            .map_err(|e| damaged(object.clone(), e))?;
+        let sealed = read.map_err(|e| damaged(object.clone(), e))?;
         let max = match kind {
             BlobKind::Chunk => MAX_CHUNK_LEN,
             BlobKind::Tree => MAX_TREE_LEN,
@@ -372,6 +384,20 @@ impl Repository {
             return Err(damaged(object, "its plaintext does not hash to its id"));
         }
         Ok(plain)
+    }
+
+    fn locate(&self, id: &[u8; 32], what: &str) -> Result<index::BlobLocation, RepoError> {
+        self.index()
+            .get(id)
+            .ok_or_else(|| RepoError::Missing(what.to_string()))
+    }
+
+    fn read_sealed(&self, location: &index::BlobLocation) -> std::io::Result<Vec<u8>> {
+        self.backend.read_at(
+            &pack_path(&location.pack),
+            location.offset.into(),
+            location.len as usize,
+        )
     }
 
     /// Reads a chunk's plaintext.

@@ -1,0 +1,59 @@
+use clap::Args;
+
+use super::backup::human_bytes;
+use super::{Cli, EXIT_OK, open};
+use crate::prune::{PruneOptions, PruneReport, prune};
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Repack a pack when more than this percentage of its bytes is unused.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_unused: u8,
+    /// Print what would be removed without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds to wait for running backups to release the repository.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    lock_wait: u64,
+}
+
+impl PruneArgs {
+    /// Returns the library options these arguments select.
+    pub fn options(&self) -> PruneOptions {
+        PruneOptions {
+            max_unused_percent: self.max_unused,
+            dry_run: self.dry_run,
+            lock_wait: std::time::Duration::from_secs(self.lock_wait),
+        }
+    }
+}
+
+/// Prints a prune report.
+pub fn print_report(report: &PruneReport, dry_run: bool) {
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{} blobs in use, {} unused",
+        report.used_blobs, report.unused_blobs
+    );
+    println!(
+        "{verb} {} unused packs, {} packs no index lists; {} {} packs",
+        report.packs_deleted,
+        report.packs_unindexed,
+        if dry_run { "would repack" } else { "repacked" },
+        report.packs_repacked
+    );
+    if !dry_run {
+        println!(
+            "freed {}, wrote {}",
+            human_bytes(report.bytes_freed),
+            human_bytes(report.bytes_written)
+        );
+    }
+}
+
+pub fn run(cli: &Cli, args: &PruneArgs) -> anyhow::Result<i32> {
+    let repo = open(cli)?;
+    let report = prune(&repo, &args.options())?;
+    print_report(&report, args.dry_run);
+    Ok(EXIT_OK)
+}

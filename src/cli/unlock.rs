@@ -1,0 +1,33 @@
+use clap::Args;
+
+use super::{Cli, EXIT_OK, open};
+use crate::repository::lock::read_locks;
+use crate::tree::Timestamp;
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, also those of processes that may still run.
+    #[arg(long)]
+    remove_all: bool,
+}
+
+pub fn run(cli: &Cli, args: &UnlockArgs) -> anyhow::Result<i32> {
+    let repo = open(cli)?;
+    let now = Timestamp::now();
+    let mut removed = 0;
+    for (name, info) in read_locks(&repo)? {
+        let (stale, description) = match &info {
+            Ok(info) => (info.is_stale(now), info.describe()),
+            Err(e) => (false, format!("unreadable: {e}")),
+        };
+        if stale || args.remove_all {
+            repo.backend().remove(&format!("locks/{name}"))?;
+            println!("removed lock {name}: {description}");
+            removed += 1;
+        } else {
+            println!("kept live lock {name}: {description}");
+        }
+    }
+    println!("{removed} locks removed");
+    Ok(EXIT_OK)
+}
