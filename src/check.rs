@@ -11,11 +11,69 @@ use crate::repository::pack::{BlobKind, decode_pack};
 use crate::repository::{RepoError, Repository, pack_path};
 use crate::tree::{Extent, NodeKind};
 
+/// Which packs a check reads in full.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ReadData {
+    /// None: structure only.
+    #[default]
+    None,
+    /// Every pack.
+    All,
+    /// Group `n` of `m` (1-based): the packs whose id, read as a number, is
+    /// `n - 1` modulo `m`. Running 1/m to m/m reads every pack once.
+    Group {
+        /// Group number, 1 to `m`.
+        n: u32,
+        /// Number of groups.
+        m: u32,
+    },
+    /// A random sample of about this fraction of the packs, 0.0 to 1.0.
+    Fraction(f64),
+}
+
+impl ReadData {
+    /// Parses `N%` (a random sample) or `n/m` (a fixed group).
+    pub fn parse_subset(text: &str) -> Result<Self, String> {
+        if let Some(percent) = text.strip_suffix('%') {
+            let value: f64 = percent
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid percentage {text:?}: use a number such as 10%"))?;
+            if !(0.0..=100.0).contains(&value) {
+                return Err(format!(
+                    "invalid percentage {text:?}: must be between 0% and 100%"
+                ));
+            }
+            return Ok(ReadData::Fraction(value / 100.0));
+        }
+        let invalid = || format!("invalid subset {text:?}: use N% or n/m, such as 2/5");
+        let (n, m) = text.split_once('/').ok_or_else(invalid)?;
+        let n: u32 = n.trim().parse().map_err(|_| invalid())?;
+        let m: u32 = m.trim().parse().map_err(|_| invalid())?;
+        if m == 0 || n == 0 || n > m {
+            return Err(invalid());
+        }
+        Ok(ReadData::Group { n, m })
+    }
+
+    fn selects(&self, pack: &PackId) -> bool {
+        match *self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Group { n, m } => {
+                let value = u64::from_be_bytes(pack.0[..8].try_into().expect("8 bytes"));
+                value % u64::from(m) == u64::from(n - 1)
+            }
+            ReadData::Fraction(f) => rand::random::<f64>() < f,
+        }
+    }
+}
+
 /// Settings of a check.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CheckOptions {
-    /// Read every pack and verify every blob's content.
-    pub read_data: bool,
+    /// Which packs to read and verify blob by blob.
+    pub read_data: ReadData,
 }
 
 /// What a check found.
@@ -68,9 +126,14 @@ pub fn check(repo: &Repository, options: CheckOptions) -> Result<CheckReport, Re
         }
     }
 
-    if options.read_data {
-        let (problems, bad) = read_all_packs(repo, &stored);
-        report.packs_read = stored.len();
+    if options.read_data != ReadData::None {
+        let selected: HashSet<PackId> = stored
+            .iter()
+            .filter(|p| options.read_data.selects(p))
+            .copied()
+            .collect();
+        let (problems, bad) = read_packs(repo, &selected);
+        report.packs_read = selected.len();
         report.problems.extend(problems);
         bad_blobs.extend(bad);
     }
@@ -96,9 +159,12 @@ pub fn check(repo: &Repository, options: CheckOptions) -> Result<CheckReport, Re
     Ok(report)
 }
 
-/// Reads every pack, checks its hash against its name, decodes its header and
+/// Reads each given pack, checks its hash against its name, decodes its header and
 /// opens every blob. Returns problems and the ids of blobs that failed.
-fn read_all_packs(repo: &Repository, packs: &HashSet<PackId>) -> (Vec<String>, HashSet<[u8; 32]>) {
+pub(crate) fn read_packs(
+    repo: &Repository,
+    packs: &HashSet<PackId>,
+) -> (Vec<String>, HashSet<[u8; 32]>) {
     let problems = Mutex::new(Vec::new());
     let bad = Mutex::new(HashSet::new());
     let packs: Vec<&PackId> = packs.iter().collect();
@@ -234,5 +300,37 @@ impl TreeWalk<'_> {
         let damage: Damage = std::rc::Rc::new(damage);
         self.seen.insert(*id, damage.clone());
         Ok(damage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_parses_percent_and_group() {
+        assert_eq!(ReadData::parse_subset("10%"), Ok(ReadData::Fraction(0.1)));
+        assert_eq!(
+            ReadData::parse_subset("2/5"),
+            Ok(ReadData::Group { n: 2, m: 5 })
+        );
+    }
+
+    #[test]
+    fn subset_rejects_bad_values() {
+        for bad in ["0/5", "6/5", "1/0", "x", "101%", "-1%", "1/"] {
+            assert!(ReadData::parse_subset(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn subset_groups_cover_each_pack_once() {
+        for byte in 0..=255u8 {
+            let pack = PackId([byte; 32]);
+            let groups = (1..=3)
+                .filter(|&n| ReadData::Group { n, m: 3 }.selects(&pack))
+                .count();
+            assert_eq!(groups, 1, "pack {byte} is in {groups} groups");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod diff;
 mod ls;
 mod mount;
 mod prune;
+mod repair;
 mod restore;
 mod snapshots;
 mod unlock;
@@ -87,6 +88,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Delete data that no snapshot uses, and repack mostly unused packs.
     Prune(prune::PruneArgs),
+    /// Rebuild the index, or set damaged files apart in new snapshots.
+    Repair(repair::RepairArgs),
     /// Remove stale locks left by processes that were killed.
     Unlock(unlock::UnlockArgs),
 }
@@ -130,6 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Mount(args) => mount::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
         Command::Prune(args) => prune::run(&cli, args),
+        Command::Repair(args) => repair::run(&cli, args),
         Command::Unlock(args) => unlock::run(&cli, args),
     }
 }

@@ -1,0 +1,85 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::{Cli, EXIT_FAILURE, EXIT_OK, open};
+use crate::check::read_packs;
+use crate::repair::{repair_index, repair_snapshots};
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    what: RepairCommand,
+    /// Seconds to wait for other processes to release the repository.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS", global = true)]
+    lock_wait: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index from the headers of all packs.
+    Index,
+    /// Write new snapshots in which files with lost data are renamed with the
+    /// suffix `.damaged` and keep their intact bytes.
+    Snapshots {
+        /// Also read every pack to find damaged blobs, not only missing ones.
+        #[arg(long)]
+        read_data: bool,
+        /// Delete each damaged snapshot once its repaired copy is saved.
+        #[arg(long)]
+        forget: bool,
+    },
+}
+
+pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
+    let repo = open(cli)?;
+    let wait = Duration::from_secs(args.lock_wait);
+    match &args.what {
+        RepairCommand::Index => {
+            let outcome = repair_index(&repo, wait)?;
+            println!(
+                "indexed {} blobs from {} packs",
+                outcome.blobs, outcome.packs_indexed
+            );
+            for problem in &outcome.packs_unreadable {
+                println!("error: {problem}");
+            }
+            if outcome.packs_unreadable.is_empty() {
+                Ok(EXIT_OK)
+            } else {
+                Ok(EXIT_FAILURE)
+            }
+        }
+        RepairCommand::Snapshots { read_data, forget } => {
+            let bad = if *read_data {
+                let packs: HashSet<_> = repo.list_packs()?.into_iter().collect();
+                let (problems, bad) = read_packs(&repo, &packs);
+                for problem in problems {
+                    println!("found: {problem}");
+                }
+                bad
+            } else {
+                HashSet::new()
+            };
+            let repairs = repair_snapshots(&repo, &bad, *forget, wait)?;
+            for repair in &repairs {
+                println!(
+                    "snapshot {} repaired as {}{}",
+                    repair.old.short(),
+                    repair.new.short(),
+                    if *forget {
+                        ", damaged original deleted"
+                    } else {
+                        ""
+                    }
+                );
+                for path in &repair.damaged {
+                    println!("  {path}");
+                }
+            }
+            println!("{} snapshots repaired", repairs.len());
+            Ok(EXIT_OK)
+        }
+    }
+}
