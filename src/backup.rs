@@ -113,6 +113,10 @@ pub fn backup(
     // Blobs deleted by a prune that finished before the lock was taken must not
     // be deduplicated against, so the index is read again under the lock.
     repo.load_index()?;
+    let adopted = repo.index_unindexed_packs()?;
+    if adopted > 0 {
+        tracing::info!("indexed {adopted} packs left by an interrupted backup");
+    }
     let parent = find_parent(repo, &hostname, &path_bytes, options)?;
     let parent_tree = parent.as_ref().map(|(_, snapshot)| snapshot.tree);
 

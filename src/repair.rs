@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use crate::id::{SnapshotId, TreeId};
 use crate::repository::index::IndexRecord;
-use crate::repository::pack::{decode_header, header_location};
-use crate::repository::{RepoError, Repository, pack_path};
+use crate::repository::{RepoError, Repository};
 use crate::tree::{Extent, Node, NodeKind, Tree, Xattr};
 
 /// Suffix added to the name of a file or directory whose data was lost.
@@ -34,22 +33,10 @@ pub fn repair_index(repo: &Repository, lock_wait: Duration) -> Result<IndexRepai
     let old_files = repo.list_index_files()?;
     let mut records = Vec::new();
     for pack in repo.list_packs()? {
-        let path = pack_path(&pack);
-        let result = (|| -> Result<IndexRecord, String> {
-            let size = repo.backend().size(&path).map_err(|e| e.to_string())?;
-            let trailer = repo
-                .backend()
-                .read_at(&path, size.saturating_sub(4), 4)
-                .map_err(|e| e.to_string())?;
-            let (offset, len) = header_location(size, trailer.try_into().expect("4 bytes"))
-                .map_err(|e| e.to_string())?;
-            let sealed = repo
-                .backend()
-                .read_at(&path, offset, len)
-                .map_err(|e| e.to_string())?;
-            let entries = decode_header(repo.keys(), &sealed, offset).map_err(|e| e.to_string())?;
-            Ok(IndexRecord { pack, entries })
-        })();
+        let result = repo
+            .read_pack_header(&pack)
+            .map(|entries| IndexRecord { pack, entries })
+            .map_err(|e| e.to_string());
         match result {
             Ok(record) => {
                 outcome.packs_indexed += 1;

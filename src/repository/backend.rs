@@ -25,6 +25,8 @@ pub trait Backend: Send + Sync {
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Removes a file.
     fn remove(&self, name: &str) -> io::Result<()>;
+    /// Returns the free space in bytes where new files go, if the backend knows it.
+    fn free_space(&self) -> Option<u64>;
     /// Removes the temporary files of writes that never finished and returns how
     /// many there were. Only safe while no other process writes.
     fn remove_temporary_files(&self) -> io::Result<u64>;
@@ -125,6 +127,11 @@ impl Backend for LocalBackend {
     fn remove(&self, name: &str) -> io::Result<()> {
         let path = self.path(name);
         fs::remove_file(&path).map_err(|e| with_path(e, &path))
+    }
+
+    fn free_space(&self) -> Option<u64> {
+        let stats = nix::sys::statvfs::statvfs(&self.root).ok()?;
+        Some(stats.blocks_available() as u64 * stats.fragment_size() as u64)
     }
 
     fn remove_temporary_files(&self) -> io::Result<u64> {

@@ -104,6 +104,11 @@ impl Index {
         self.blobs.is_empty()
     }
 
+    /// Returns true if some index record lists the pack.
+    pub fn has_pack(&self, pack: &PackId) -> bool {
+        self.pack_numbers.contains_key(pack)
+    }
+
     /// Returns every pack that the index refers to.
     pub fn packs(&self) -> &[PackId] {
         &self.packs

@@ -93,9 +93,7 @@ fn seal(keys: &Keys, info: &LockInfo) -> Vec<u8> {
 pub type LockEntry = (String, Result<LockInfo, RepoError>);
 
 /// Reads all lock files; unreadable ones are reported as `Err` with their name.
-pub fn read_locks(
-    repo: &Repository,
-) -> Result<Vec<LockEntry>, RepoError> {
+pub fn read_locks(repo: &Repository) -> Result<Vec<LockEntry>, RepoError> {
     let mut out = Vec::new();
     for name in repo.backend().list("locks")? {
         let path = format!("locks/{name}");
@@ -205,8 +203,7 @@ impl Repository {
             let path = format!("locks/{name}");
             // Write first, then look: of two processes that race, at least one
             // sees the other's lock and backs off.
-            self.backend()
-                .write_atomic(&path, &seal(self.keys(), &info))?;
+            self.write_file(&path, &seal(self.keys(), &info))?;
             let conflict = self.find_conflict(&name, exclusive)?;
             let Some(holder) = conflict else {
                 return Ok(self.start_lease(path, info));

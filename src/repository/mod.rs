@@ -85,6 +85,18 @@ pub enum RepoError {
     /// A blob or snapshot the caller asked for is not stored.
     #[error("{0} not found in the repository")]
     Missing(String),
+    /// The storage has no room for a new file.
+    #[error(
+        "no space left in repository {location}: writing {needed} bytes failed with {available} bytes free; free at least {needed} bytes (prune, or move the repository) and run the command again; the repository stays readable"
+    )]
+    NoSpace {
+        /// Repository location.
+        location: String,
+        /// Size of the file that could not be written.
+        needed: u64,
+        /// Free bytes reported by the storage, if known.
+        available: String,
+    },
     /// Another process holds a conflicting lock.
     #[error(
         "repository is locked by {0}; wait for it to finish, or if that process no longer runs, its lock turns stale 30 minutes after its last refresh"
@@ -339,6 +351,65 @@ impl Repository {
         Ok(packs)
     }
 
+    /// Reads and decrypts a pack's header from the end of the pack.
+    pub fn read_pack_header(&self, pack: &PackId) -> Result<Vec<pack::PackEntry>, RepoError> {
+        let path = pack_path(pack);
+        let object = format!("pack {}", pack.short());
+        let size = self.backend.size(&path)?;
+        let trailer = self.backend.read_at(&path, size.saturating_sub(4), 4)?;
+        let trailer: [u8; 4] = trailer.try_into().expect("4 bytes");
+        let (offset, len) =
+            pack::header_location(size, trailer).map_err(|e| damaged(object.clone(), e))?;
+        let sealed = self.backend.read_at(&path, offset, len)?;
+        pack::decode_header(&self.keys, &sealed, offset).map_err(|e| damaged(object, e))
+    }
+
+    /// Adds packs that no index file lists, such as those of a backup that was
+    /// killed, to a new index file, so that their blobs are reused rather than
+    /// stored again. Returns the number of packs indexed.
+    pub fn index_unindexed_packs(&self) -> Result<usize, RepoError> {
+        let mut records = Vec::new();
+        for pack in self.list_packs()? {
+            if self.index().has_pack(&pack) {
+                continue;
+            }
+            match self.read_pack_header(&pack) {
+                Ok(entries) => records.push(IndexRecord { pack, entries }),
+                Err(e) => tracing::warn!("not indexing pack {pack}: {e}"),
+            }
+        }
+        if records.is_empty() {
+            return Ok(0);
+        }
+        self.write_index_file(&records)?;
+        for record in &records {
+            self.add_index_record(record);
+        }
+        Ok(records.len())
+    }
+
+    /// Writes a repository file atomically, and turns a full disk into
+    /// [`RepoError::NoSpace`] with the figures a user needs.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), RepoError> {
+        match self.backend.write_atomic(name, bytes) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::StorageFull
+                    || e.kind() == std::io::ErrorKind::QuotaExceeded =>
+            {
+                Err(RepoError::NoSpace {
+                    location: self.location(),
+                    needed: bytes.len() as u64,
+                    available: self
+                        .backend
+                        .free_space()
+                        .map_or_else(|| "an unknown number of".into(), |b| b.to_string()),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes an index file listing the given packs.
     pub fn write_index_file(&self, records: &[IndexRecord]) -> Result<(IndexId, u64), RepoError> {
         let plain = postcard::to_allocvec(records).expect("index encodes");
@@ -347,7 +418,7 @@ impl Repository {
             .seal(ObjectKind::Index, &[0; 32], &plain, 3)
             .map_err(|e| damaged("new index file".into(), e))?;
         let id = IndexId(*blake3::hash(&sealed).as_bytes());
-        self.backend.write_atomic(&format!("index/{id}"), &sealed)?;
+        self.write_file(&format!("index/{id}"), &sealed)?;
         Ok((id, sealed.len() as u64))
     }
 
@@ -461,8 +532,7 @@ impl Repository {
             .seal(ObjectKind::Snapshot, &[0; 32], &snapshot.encode(), 3)
             .map_err(|e| damaged("new snapshot".into(), e))?;
         let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
-        self.backend
-            .write_atomic(&format!("snapshots/{id}"), &sealed)?;
+        self.write_file(&format!("snapshots/{id}"), &sealed)?;
         Ok((id, sealed.len() as u64))
     }
 

@@ -102,7 +102,7 @@ impl<'a> BlobWriter<'a> {
             return Ok(());
         }
         let (id, bytes, entries) = builder.finish(self.repo.keys());
-        self.repo.backend().write_atomic(&pack_path(&id), &bytes)?;
+        self.repo.write_file(&pack_path(&id), &bytes)?;
         let record = IndexRecord { pack: id, entries };
         self.repo.add_index_record(&record);
 
