@@ -4,6 +4,7 @@
 mod backup;
 mod check;
 mod diff;
+mod forget;
 mod ls;
 mod mount;
 mod prune;
@@ -86,6 +87,8 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Verify the repository's structure, and optionally all data.
     Check(check::CheckArgs),
+    /// Remove snapshots by id or by a retention policy.
+    Forget(forget::ForgetArgs),
     /// Delete data that no snapshot uses, and repack mostly unused packs.
     Prune(prune::PruneArgs),
     /// Rebuild the index, or set damaged files apart in new snapshots.
@@ -132,6 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(args) => diff::run(&cli, args),
         Command::Mount(args) => mount::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
+        Command::Forget(args) => forget::run(&cli, args),
         Command::Prune(args) => prune::run(&cli, args),
         Command::Repair(args) => repair::run(&cli, args),
         Command::Unlock(args) => unlock::run(&cli, args),
