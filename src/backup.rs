@@ -148,6 +148,7 @@ pub fn backup(
             force: options.force,
             summary: BackupSummary::default(),
             errors: Vec::new(),
+            buffer: Vec::new(),
         };
         let root = walker.backup_roots(&absolute, parent_tree.as_ref());
         let Walker {
@@ -260,6 +261,7 @@ struct Walker<'a, 'w> {
     force: bool,
     summary: BackupSummary,
     errors: Vec<EntryError>,
+    buffer: Vec<u8>,
 }
 
 impl Walker<'_, '_> {
@@ -567,18 +569,20 @@ impl Walker<'_, '_> {
         let writer = self.writer;
         let sender = &self.sender;
         let mut repo_error = None;
-        let read = repo.chunker().chunk_reader(reader, |chunk| {
-            let id = repo.keys().chunk_id(chunk);
-            content.push(Extent::Data {
-                id,
-                len: chunk.len() as u32,
+        let read = repo
+            .chunker()
+            .chunk_reader_with_buffer(reader, &mut self.buffer, |chunk| {
+                let id = repo.keys().chunk_id(chunk);
+                content.push(Extent::Data {
+                    id,
+                    len: chunk.len() as u32,
+                });
+                if writer.reserve(&id.0) && sender.send((id, chunk.to_vec())).is_err() {
+                    repo_error = Some(RepoError::Io(io::Error::other("all seal workers stopped")));
+                    return Err(io::Error::other("seal workers stopped"));
+                }
+                Ok(())
             });
-            if writer.reserve(&id.0) && sender.send((id, chunk.to_vec())).is_err() {
-                repo_error = Some(RepoError::Io(io::Error::other("all seal workers stopped")));
-                return Err(io::Error::other("seal workers stopped"));
-            }
-            Ok(())
-        });
         if let Some(e) = repo_error {
             return Err(ReadError::Repo(e));
         }

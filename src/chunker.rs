@@ -114,11 +114,24 @@ impl Chunker {
     /// Returns the number of bytes read.
     pub fn chunk_reader<R: Read>(
         &self,
+        reader: R,
+        sink: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        self.chunk_reader_with_buffer(reader, &mut Vec::new(), sink)
+    }
+
+    /// Like [`Chunker::chunk_reader`], but reuses `buf` between calls, which saves
+    /// allocating and clearing twice the maximum chunk size for every small file.
+    pub fn chunk_reader_with_buffer<R: Read>(
+        &self,
         mut reader: R,
+        buf: &mut Vec<u8>,
         mut sink: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<u64> {
         let max = self.params.max_size as usize;
-        let mut buf = vec![0u8; max * 2];
+        if buf.len() < max * 2 {
+            buf.resize(max * 2, 0);
+        }
         let mut start = 0;
         let mut end = 0;
         let mut eof = false;

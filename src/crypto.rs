@@ -176,9 +176,7 @@ impl Keys {
     ) -> Result<Vec<u8>, CryptoError> {
         let mut payload = Vec::with_capacity(plaintext.len() + 1);
         let compressed = if compression_level > 0 && plaintext.len() > 64 {
-            zstd::bulk::compress(plaintext, compression_level)
-                .map_err(|e| CryptoError::Compression(e.to_string()))
-                .ok()
+            compress(plaintext, compression_level)
         } else {
             None
         };
@@ -285,6 +283,25 @@ impl Keys {
         aad.push(OBJECT_VERSION);
         aad
     }
+}
+
+thread_local! {
+    /// One zstd context per thread and level: creating a context clears several
+    /// hundred kilobytes of tables, which dominates the cost for small chunks.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses with zstd; `None` when compression fails.
+fn compress(plaintext: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if !matches!(&*slot, Some((l, _)) if *l == level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, compressor) = slot.as_mut()?;
+        compressor.compress(plaintext).ok()
+    })
 }
 
 fn object_cipher(key: &[u8; 32], salt: &[u8; 16]) -> Aes256GcmSiv {
