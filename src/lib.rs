@@ -7,6 +7,7 @@ pub mod cli;
 pub mod crypto;
 pub mod diff;
 pub mod display;
+pub mod fuse;
 pub mod id;
 pub mod meta;
 pub mod prune;

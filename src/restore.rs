@@ -64,7 +64,7 @@ pub fn restore(
     let includes: Vec<Vec<u8>> = options
         .includes
         .iter()
-        .map(|p| p.as_os_str().as_bytes().trim_ascii_end().to_vec())
+        .map(|p| p.as_os_str().as_bytes().to_vec())
         .map(|p| {
             if p.len() > 1 && p.ends_with(b"/") {
                 p[..p.len() - 1].to_vec()
@@ -90,6 +90,25 @@ pub fn restore(
         &mut plan,
         &mut hard_links,
     )?;
+    for include in &includes {
+        let wanted = target.join(OsStr::from_bytes(
+            include.strip_prefix(b"/").unwrap_or(include),
+        ));
+        let planned = plan
+            .dirs
+            .iter()
+            .chain(&plan.files)
+            .chain(&plan.others)
+            .map(|(path, _)| path)
+            .chain(plan.links.iter().map(|(path, _)| path))
+            .any(|path| *path == wanted);
+        if !planned && include.as_slice() != b"/" {
+            return Err(RepoError::Missing(format!(
+                "{} in the snapshot (run `cairn ls SNAPSHOT` to list its paths)",
+                escape_path(include)
+            )));
+        }
+    }
 
     let outcome = Mutex::new(RestoreOutcome::default());
     let fail = |path: &Path, reason: String| {

@@ -105,8 +105,11 @@ pub fn init_logging(cli: &Cli) {
         (false, 1) => "info",
         (false, _) => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cairn={default}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // fuser 0.18 logs a harmless warning when an external umount is followed
+        // by its own unmount attempt, so only its errors are shown by default.
+        tracing_subscriber::EnvFilter::new(format!("cairn={default},fuser=error"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

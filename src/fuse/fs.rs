@@ -1,0 +1,389 @@
+//! The file system state: inodes, open files and the chunk cache, and the
+//! lookups, listings and reads that the callbacks in [`ops`] are built from.
+
+mod ops;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use fuser::{Errno, FileAttr, FileHandle, FileType};
+use tracing::{debug, error};
+
+use super::MountOptions;
+use super::content::{ChunkCache, FileContent};
+use super::inode::{
+    Children, Inode, InodeKind, InodeTable, ROOT_INO, VirtualDir, file_type, node_attr,
+    synthetic_attr,
+};
+use super::layout;
+use crate::id::{ChunkId, SnapshotId, TreeId};
+use crate::repository::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::{Extent, NodeKind, Timestamp};
+
+/// A read that starts within this distance of where the previous read of the
+/// same handle ended counts as sequential. The kernel sends readahead requests
+/// of up to 1 MiB from several threads, so they arrive slightly out of order.
+const SEQUENTIAL_WINDOW: u64 = 4 << 20;
+
+/// Number of distinct errors remembered so that repeats of each are logged at
+/// debug level, not error level.
+const MAX_REMEMBERED_ERRORS: usize = 100_000;
+
+/// One open regular file.
+struct OpenFile {
+    content: FileContent,
+    /// Offset after the previous read, `u64::MAX` before the first one.
+    next_offset: AtomicU64,
+}
+
+/// One entry of a directory listing.
+struct ListedEntry {
+    ino: u64,
+    name: Vec<u8>,
+    inode: Inode,
+    /// The offset the kernel passes back to continue after this entry.
+    offset: u64,
+}
+
+/// The result of a read: a range of one cached chunk, or bytes assembled from
+/// several extents.
+enum ReadBytes {
+    Chunk(Arc<Vec<u8>>, Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl ReadBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadBytes::Chunk(data, range) => &data[range.clone()],
+            ReadBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// Number of entries fetched at a time while filling a readdir reply.
+const LIST_BATCH: usize = 512;
+
+/// The entries of a directory, for lookup and readdir.
+enum DirEntries {
+    Virtual(Arc<VirtualDir>),
+    Tree(Children),
+}
+
+/// The read-only file system over a repository's snapshots.
+pub(super) struct CairnFs {
+    repo: Arc<Repository>,
+    snapshots: Vec<(SnapshotId, Snapshot)>,
+    inodes: RwLock<InodeTable>,
+    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    next_handle: AtomicU64,
+    cache: Arc<ChunkCache>,
+    prefetch_pool: rayon::ThreadPool,
+    readahead_chunks: usize,
+    /// User and group of the mounting process, owners of the top-level folders.
+    owner: (u32, u32),
+    /// Sum of the stored sizes of all blobs, for `statfs`.
+    stored_bytes: u64,
+    logged_errors: Mutex<HashSet<u64>>,
+}
+
+impl CairnFs {
+    /// Builds the top-level folders from `snapshots`, sorted oldest first.
+    pub fn new(
+        repo: Arc<Repository>,
+        snapshots: Vec<(SnapshotId, Snapshot)>,
+        options: &MountOptions,
+    ) -> io::Result<Self> {
+        let mut inodes = InodeTable::default();
+        layout::build(&mut inodes, &snapshots, Timestamp::now());
+        let stored_bytes = repo
+            .index()
+            .iter()
+            .map(|(_, location)| u64::from(location.len))
+            .sum();
+        let prefetch_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.readahead_chunks.clamp(1, 4))
+            .thread_name(|i| format!("cairn-prefetch-{i}"))
+            .build()
+            .map_err(io::Error::other)?;
+        Ok(Self {
+            cache: Arc::new(ChunkCache::new(repo.clone(), options.cache_bytes)),
+            repo,
+            snapshots,
+            inodes: RwLock::new(inodes),
+            files: RwLock::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            prefetch_pool,
+            readahead_chunks: options.readahead_chunks,
+            owner: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            stored_bytes,
+            logged_errors: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Returns a copy of an inode, which shares the trees it refers to.
+    fn inode(&self, ino: u64) -> Result<Inode, Errno> {
+        let inodes = self.inodes.read().expect("inode table lock");
+        let resolved = inodes.resolve(ino);
+        inodes.get(resolved).cloned().ok_or(Errno::ENOENT)
+    }
+
+    /// Returns the path of an inode below the mount point, for messages.
+    fn path_of(&self, ino: u64) -> String {
+        let inodes = self.inodes.read().expect("inode table lock");
+        let mut names = Vec::new();
+        let mut current = ino;
+        while current != ROOT_INO && names.len() < 4096 {
+            let Some(inode) = inodes.get(current) else {
+                break;
+            };
+            names.push(String::from_utf8_lossy(inode.name()).into_owned());
+            current = inode.parent;
+        }
+        names.reverse();
+        format!("/{}", names.join("/"))
+    }
+
+    /// Logs a failure to read repository data for an inode and returns EIO.
+    /// Each distinct error is logged at error level once.
+    fn io_error(&self, ino: u64, action: &str, cause: &dyn std::fmt::Display) -> Errno {
+        let message = format!("{action}: {cause}");
+        let mut hasher = DefaultHasher::new();
+        (ino, &message).hash(&mut hasher);
+        let first_time = {
+            let mut logged = self.logged_errors.lock().expect("error log lock");
+            // Once the set is full, every error is logged at error level.
+            logged.len() >= MAX_REMEMBERED_ERRORS || logged.insert(hasher.finish())
+        };
+        let path = self.path_of(ino);
+        if first_time {
+            error!(inode = ino, path = %path, errno = "EIO", "{message}");
+        } else {
+            debug!(inode = ino, path = %path, errno = "EIO", "repeated: {message}");
+        }
+        Errno::EIO
+    }
+
+    fn file_type(&self, inode: &Inode) -> FileType {
+        match &inode.kind {
+            InodeKind::Latest(_) => FileType::Symlink,
+            InodeKind::Node { tree, index, .. } => file_type(tree.nodes[*index as usize].kind),
+            _ => FileType::Directory,
+        }
+    }
+
+    fn attr(&self, ino: u64, inode: &Inode) -> FileAttr {
+        match &inode.kind {
+            InodeKind::Virtual(dir) => {
+                synthetic_attr(ino, FileType::Directory, 0, dir.mtime, self.owner)
+            }
+            InodeKind::Latest(target) => synthetic_attr(
+                ino,
+                FileType::Symlink,
+                target.len() as u64,
+                self.snapshots
+                    .last()
+                    .map_or_else(Timestamp::default, |(_, s)| s.time),
+                self.owner,
+            ),
+            InodeKind::SnapshotRoot { snapshot, .. } => synthetic_attr(
+                ino,
+                FileType::Directory,
+                0,
+                self.snapshots[*snapshot].1.time,
+                self.owner,
+            ),
+            InodeKind::Node { tree, index, .. } => node_attr(ino, &tree.nodes[*index as usize]),
+            InodeKind::Alias(_) => unreachable!("aliases are resolved by CairnFs::inode"),
+        }
+    }
+
+    /// Returns a directory's entries, loading its tree on first use.
+    fn dir_entries(&self, ino: u64) -> Result<DirEntries, Errno> {
+        let inode = self.inode(ino)?;
+        let tree_id: TreeId = match &inode.kind {
+            InodeKind::Virtual(dir) => return Ok(DirEntries::Virtual(dir.clone())),
+            InodeKind::SnapshotRoot {
+                children: Some(children),
+                ..
+            }
+            | InodeKind::Node {
+                children: Some(children),
+                ..
+            } => {
+                return Ok(DirEntries::Tree(children.clone()));
+            }
+            InodeKind::SnapshotRoot { snapshot, .. } => self.snapshots[*snapshot].1.tree,
+            InodeKind::Node { tree, index, .. } => {
+                let node = &tree.nodes[*index as usize];
+                if node.kind != NodeKind::Dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                match node.subtree {
+                    Some(id) => id,
+                    None => {
+                        return Err(self.io_error(
+                            ino,
+                            "failed to list directory",
+                            &"its entry has no tree",
+                        ));
+                    }
+                }
+            }
+            InodeKind::Latest(_) | InodeKind::Alias(_) => return Err(Errno::ENOTDIR),
+        };
+        // The tree is loaded without holding the table lock. If two threads load
+        // the same tree, `attach_children` keeps the first result.
+        let tree = self
+            .repo
+            .load_tree(&tree_id)
+            .map_err(|e| self.io_error(ino, "failed to load directory", &e))?;
+        let children = self
+            .inodes
+            .write()
+            .expect("inode table lock")
+            .attach_children(ino, tree);
+        Ok(DirEntries::Tree(children))
+    }
+
+    /// Returns up to `max` entries of a directory, starting at position `start`
+    /// of the listing: `.` is at 0, `..` at 1 and the entries follow.
+    fn list(&self, ino: u64, start: usize, max: usize) -> Result<Vec<ListedEntry>, Errno> {
+        let entries = self.dir_entries(ino)?;
+        let count = 2 + match &entries {
+            DirEntries::Virtual(dir) => dir.entries.len(),
+            DirEntries::Tree(children) => children.tree.nodes.len(),
+        };
+        let inodes = self.inodes.read().expect("inode table lock");
+        let parent = inodes.get(ino).map_or(ROOT_INO, |inode| inode.parent);
+        let mut list = Vec::new();
+        for position in start..count.min(start.saturating_add(max)) {
+            let (child, name) = match (position, &entries) {
+                (0, _) => (ino, b".".to_vec()),
+                (1, _) => (parent, b"..".to_vec()),
+                (p, DirEntries::Virtual(dir)) => {
+                    let (name, child) = &dir.entries[p - 2];
+                    (*child, name.clone())
+                }
+                (p, DirEntries::Tree(children)) => {
+                    let slot = children.first + (p - 2) as u64;
+                    (
+                        inodes.resolve(slot),
+                        children.tree.nodes[p - 2].name.clone(),
+                    )
+                }
+            };
+            let inode = inodes.get(child).cloned().ok_or(Errno::ENOENT)?;
+            list.push(ListedEntry {
+                ino: child,
+                name,
+                inode,
+                offset: position as u64 + 1,
+            });
+        }
+        Ok(list)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        self.files
+            .read()
+            .expect("open file lock")
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Returns a chunk's plaintext after checking that it has the length the
+    /// file's extent lists.
+    fn chunk(&self, ino: u64, id: &ChunkId, len: u32) -> Result<Arc<Vec<u8>>, Errno> {
+        let data = self
+            .cache
+            .get(id)
+            .map_err(|e| self.io_error(ino, "failed to read file content", &e))?;
+        if data.len() != len as usize {
+            let detail = format!(
+                "chunk {} has {} bytes, the file lists {len}",
+                id.short(),
+                data.len()
+            );
+            return Err(self.io_error(ino, "failed to read file content", &detail));
+        }
+        Ok(data)
+    }
+
+    /// Reads up to `size` bytes at `offset`, fewer at the end of the file.
+    fn read_range(
+        &self,
+        ino: u64,
+        file: &OpenFile,
+        offset: u64,
+        size: u32,
+    ) -> Result<ReadBytes, Errno> {
+        let pieces = file.content.pieces(offset, size);
+        let extents = file.content.extents();
+        if let [piece] = pieces.as_slice()
+            && let Extent::Data { id, len } = &extents[piece.extent]
+        {
+            let data = self.chunk(ino, id, *len)?;
+            let start = piece.start as usize;
+            return Ok(ReadBytes::Chunk(data, start..start + piece.len));
+        }
+        let total = pieces.iter().map(|piece| piece.len).sum();
+        let mut buffer = Vec::with_capacity(total);
+        for piece in &pieces {
+            match &extents[piece.extent] {
+                Extent::Data { id, len } => {
+                    let data = self.chunk(ino, id, *len)?;
+                    let start = piece.start as usize;
+                    buffer.extend_from_slice(&data[start..start + piece.len]);
+                }
+                Extent::Hole { .. } => buffer.resize(buffer.len() + piece.len, 0),
+            }
+        }
+        Ok(ReadBytes::Owned(buffer))
+    }
+
+    /// Starts reading the data extents after the one that contains `offset` on the
+    /// prefetch threads, so that they are cached when a sequential reader gets
+    /// there.
+    fn prefetch_after(&self, file: &OpenFile, offset: u64) {
+        let Some(current) = file.content.extent_at(offset) else {
+            return;
+        };
+        let next_chunks = file.content.extents()[current + 1..]
+            .iter()
+            .filter_map(|extent| match extent {
+                Extent::Data { id, len } if *len > 0 => Some(*id),
+                _ => None,
+            })
+            .take(self.readahead_chunks);
+        for id in next_chunks {
+            if self.cache.is_cached_or_loading(&id) {
+                continue;
+            }
+            let cache = self.cache.clone();
+            self.prefetch_pool.spawn(move || {
+                // A failure is logged when a read needs the chunk.
+                if let Err(e) = cache.get(&id) {
+                    debug!(chunk = %id.short(), "prefetch failed: {e}");
+                }
+            });
+        }
+    }
+
+    fn xattrs(&self, ino: u64) -> Result<Vec<crate::tree::Xattr>, Errno> {
+        let inode = self.inode(ino)?;
+        Ok(inode
+            .node()
+            .map(|node| node.xattrs.clone())
+            .unwrap_or_default())
+    }
+}
