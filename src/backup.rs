@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, bounded};
 
 use crate::display::escape_path;
 use crate::id::{ChunkId, SnapshotId};
-use crate::meta::{self, NameCache};
+use crate::meta::{self, NameCache, ShortPath};
 use crate::repository::pack::BlobKind;
 use crate::repository::{BlobWriter, RepoError, Repository};
 use crate::snapshot::{BackupSummary, Snapshot};
@@ -364,22 +364,39 @@ impl Walker<'_, '_> {
         name: &[u8],
         parent: Option<&Node>,
     ) -> Result<Option<Node>, RepoError> {
-        let md = match fs::symlink_metadata(path) {
-            Ok(md) => md,
-            Err(e) => {
-                self.report(path, &e.to_string());
+        // The short path (and any ancestor descriptor it holds) is dropped before
+        // descending, so deep trees do not pile up open descriptors.
+        let (kind, mut node, target) = {
+            let short = match ShortPath::new(path) {
+                Ok(short) => short,
+                Err(e) => {
+                    self.report(path, &e.to_string());
+                    return Ok(None);
+                }
+            };
+            let md = match fs::symlink_metadata(short.path()) {
+                Ok(md) => md,
+                Err(e) => {
+                    self.report(path, &e.to_string());
+                    return Ok(None);
+                }
+            };
+            let Some(kind) = meta::node_kind(&md) else {
+                self.report(path, "unknown file type");
                 return Ok(None);
+            };
+            let mut node = meta::node_from_metadata(name, kind, &md, &self.names);
+            match meta::read_xattrs(short.path()) {
+                Ok(xattrs) => node.xattrs = xattrs,
+                Err(e) => self.report(path, &format!("extended attributes not read: {e}")),
             }
+            let target = if kind == NodeKind::Symlink {
+                Some(fs::read_link(short.path()))
+            } else {
+                None
+            };
+            (kind, node, target)
         };
-        let Some(kind) = meta::node_kind(&md) else {
-            self.report(path, "unknown file type");
-            return Ok(None);
-        };
-        let mut node = meta::node_from_metadata(name, kind, &md, &self.names);
-        match meta::read_xattrs(path) {
-            Ok(xattrs) => node.xattrs = xattrs,
-            Err(e) => self.report(path, &format!("extended attributes not read: {e}")),
-        }
 
         match kind {
             NodeKind::Dir => {
@@ -389,7 +406,7 @@ impl Walker<'_, '_> {
                     .and_then(|p| p.subtree);
                 node.subtree = Some(self.backup_dir_contents(path, parent_sub.as_ref())?);
             }
-            NodeKind::Symlink => match fs::read_link(path) {
+            NodeKind::Symlink => match target.expect("read for symlinks") {
                 Ok(target) => node.target = target.as_os_str().as_bytes().to_vec(),
                 Err(e) => {
                     self.report(path, &e.to_string());
@@ -450,7 +467,8 @@ impl Walker<'_, '_> {
     ) -> Result<crate::id::TreeId, RepoError> {
         let parent_tree = self.load_parent_tree(parent);
         let mut names = Vec::new();
-        match fs::read_dir(path) {
+        let listing = ShortPath::new(path).and_then(|short| fs::read_dir(short.path()));
+        match listing {
             Ok(entries) => {
                 for entry in entries {
                     match entry {
@@ -479,11 +497,13 @@ impl Walker<'_, '_> {
         // O_NOFOLLOW: the entry was a regular file at lstat time; if it has been
         // swapped for a symlink since, reading must not follow it. O_NONBLOCK keeps
         // a file swapped for a FIFO from blocking the backup.
+        let short = ShortPath::new(path).map_err(ReadError::Source)?;
         let file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
+            .open(short.path())
             .map_err(ReadError::Source)?;
+        drop(short);
         let before = file.metadata().map_err(ReadError::Source)?;
         if !before.is_file() {
             return Err(ReadError::Source(io::Error::other(

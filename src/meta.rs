@@ -144,3 +144,89 @@ pub fn set_mtime(path: &Path, mtime: Timestamp) -> io::Result<()> {
     )
     .map_err(io::Error::from)
 }
+
+/// Paths up to this many bytes go to system calls as they are; longer ones are
+/// reached through a file descriptor of an ancestor directory. The kernel rejects
+/// paths of `PATH_MAX` (4096) bytes or more with `ENAMETOOLONG`.
+const SHORT_PATH_MAX: usize = 3072;
+
+/// A path that system calls accept even when the original is longer than
+/// `PATH_MAX`: a long path is rewritten as `/proc/self/fd/N/rest`, where `N` is an
+/// open descriptor of an ancestor directory, as many times as needed.
+#[derive(Debug)]
+pub struct ShortPath {
+    path: std::path::PathBuf,
+    _ancestor: Option<(std::os::fd::OwnedFd, Box<ShortPath>)>,
+}
+
+impl ShortPath {
+    /// Opens ancestors as needed so that [`ShortPath::path`] is short.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.len() < SHORT_PATH_MAX {
+            return Ok(Self {
+                path: path.to_path_buf(),
+                _ancestor: None,
+            });
+        }
+        // Names are at most 255 bytes, so a separator lies within the window.
+        let split = bytes[..SHORT_PATH_MAX]
+            .iter()
+            .rposition(|b| *b == b'/')
+            .filter(|i| *i > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        let parent = Path::new(OsStr::from_bytes(&bytes[..split]));
+        let fd = nix::fcntl::open(
+            parent,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        use std::os::fd::AsRawFd;
+        let mut rest = format!("/proc/self/fd/{}/", fd.as_raw_fd()).into_bytes();
+        rest.extend_from_slice(&bytes[split + 1..]);
+        let inner = ShortPath::new(Path::new(OsStr::from_bytes(&rest)))?;
+        Ok(Self {
+            path: inner.path.clone(),
+            _ancestor: Some((fd, Box::new(inner))),
+        })
+    }
+
+    /// Returns the path to pass to system calls while `self` lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_path_reaches_deep_file() {
+        let root = tempfile::tempdir().unwrap();
+        let mut path = root.path().to_path_buf();
+        let name = "d".repeat(200);
+        // 30 levels of 201 bytes: about 6,000 bytes, beyond PATH_MAX.
+        for _ in 0..30 {
+            path.push(&name);
+            let short = ShortPath::new(&path).unwrap();
+            std::fs::create_dir(short.path()).unwrap();
+        }
+        path.push("file");
+        assert!(path.as_os_str().len() > 4096);
+        let short = ShortPath::new(&path).unwrap();
+        assert!(short.path().as_os_str().len() < 4096);
+        std::fs::write(short.path(), b"deep").unwrap();
+        let again = ShortPath::new(&path).unwrap();
+        assert_eq!(std::fs::read(again.path()).unwrap(), b"deep");
+    }
+
+    #[test]
+    fn short_path_keeps_short_paths() {
+        let short = ShortPath::new(Path::new("/tmp/x")).unwrap();
+        assert_eq!(short.path(), Path::new("/tmp/x"));
+    }
+}

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::display::escape_path;
 use crate::id::TreeId;
-use crate::meta;
+use crate::meta::{self, ShortPath};
 use crate::repository::{RepoError, Repository};
 use crate::tree::{Extent, Node, NodeKind};
 
@@ -143,7 +143,7 @@ pub fn restore(
             }
             Err(e) => {
                 // Never leave a file whose bytes differ from the backup.
-                let _ = fs::remove_file(path);
+                let _ = remove_existing(path);
                 fail(path, e.to_string());
             }
         });
@@ -156,8 +156,11 @@ pub fn restore(
         }
     }
     for (path, first) in &plan.links {
-        let _ = fs::remove_file(path);
-        match fs::hard_link(first, path) {
+        let _ = remove_existing(path);
+        let linked = ShortPath::new(first)
+            .and_then(|first| ShortPath::new(path).map(|path| (first, path)))
+            .and_then(|(first, path)| fs::hard_link(first.path(), path.path()));
+        match linked {
             Ok(()) => others += 1,
             Err(e) => fail(
                 path,
@@ -262,6 +265,8 @@ fn plan_tree(
 }
 
 fn create_dir(path: &Path) -> io::Result<()> {
+    let short = ShortPath::new(path)?;
+    let path = short.path();
     match fs::symlink_metadata(path) {
         Ok(md) if md.is_dir() => return Ok(()),
         Ok(_) => fs::remove_file(path)?,
@@ -273,6 +278,8 @@ fn create_dir(path: &Path) -> io::Result<()> {
 }
 
 fn remove_existing(path: &Path) -> io::Result<()> {
+    let short = ShortPath::new(path)?;
+    let path = short.path();
     match fs::symlink_metadata(path) {
         Ok(md) if md.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -282,6 +289,8 @@ fn remove_existing(path: &Path) -> io::Result<()> {
 
 fn restore_file(repo: &Repository, path: &Path, node: &Node) -> Result<u64, RepoError> {
     remove_existing(path)?;
+    let short = ShortPath::new(path)?;
+    let path = short.path();
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -316,6 +325,8 @@ fn create_special(path: &Path, node: &Node) -> io::Result<()> {
     use nix::sys::stat::{Mode, SFlag, mknod};
 
     remove_existing(path)?;
+    let short = ShortPath::new(path)?;
+    let path = short.path();
     match node.kind {
         NodeKind::Symlink => std::os::unix::fs::symlink(OsStr::from_bytes(&node.target), path),
         NodeKind::Fifo => {
@@ -335,6 +346,8 @@ fn create_special(path: &Path, node: &Node) -> io::Result<()> {
 /// Restores owner, mode, extended attributes and mtime, in an order where no
 /// step undoes an earlier one: chown clears setuid bits, so mode comes after it.
 fn set_metadata(path: &Path, node: &Node) -> io::Result<()> {
+    let short = ShortPath::new(path)?;
+    let path = short.path();
     use nix::fcntl::AtFlags;
     use nix::unistd::{Gid, Uid, fchownat};
 
