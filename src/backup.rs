@@ -214,7 +214,7 @@ fn find_parent(
         return Ok(Some((id, repo.load_snapshot(&id)?)));
     }
     Ok(repo
-        .snapshots()?
+        .readable_snapshots()?
         .into_iter()
         .rev()
         .find(|(_, s)| s.hostname == hostname && s.paths == paths && !s.incomplete))
@@ -318,7 +318,10 @@ impl Walker<'_, '_> {
                 }
             };
             let mut node = meta::node_from_metadata(name, NodeKind::Dir, &md, &self.names);
-            node.xattrs = meta::read_xattrs(&path).unwrap_or_default();
+            match meta::read_xattrs(&path) {
+                Ok(xattrs) => node.xattrs = xattrs,
+                Err(e) => self.report(&path, &format!("extended attributes not read: {e}")),
+            }
             let parent_sub = parent_node.as_ref().and_then(|n| n.subtree);
             node.subtree = Some(self.backup_skeleton(&path, child, parent_sub.as_ref())?);
             nodes.push(node);
@@ -563,7 +566,12 @@ impl Walker<'_, '_> {
                 }
                 return Err(ReadError::Source(e));
             }
-            let data = data as u64;
+            // The file may have changed size since fstat: stay within `size`.
+            let data = (data as u64).min(size);
+            if data >= size {
+                push_hole(content, size - position);
+                break;
+            }
             if data > position {
                 push_hole(content, data - position);
             }
@@ -572,7 +580,7 @@ impl Walker<'_, '_> {
             if hole < 0 {
                 return Err(ReadError::Source(io::Error::last_os_error()));
             }
-            let hole = (hole as u64).min(size);
+            let hole = (hole as u64).clamp(data, size);
             let mut region = io::Read::take(ReadAt { file, offset: data }, hole - data);
             total += self.chunk_stream(&mut region, content)?;
             position = hole;

@@ -200,7 +200,15 @@ pub(crate) fn read_packs(
             let sealed = &bytes[start..start + entry.len as usize];
             let ok = repo
                 .keys()
-                .open(entry.kind.object_kind(), &entry.id, sealed, 64 << 20)
+                .open(
+                    entry.kind.object_kind(),
+                    &entry.id,
+                    sealed,
+                    match entry.kind {
+                        BlobKind::Chunk => crate::repository::MAX_CHUNK_LEN,
+                        BlobKind::Tree => crate::tree::MAX_TREE_LEN,
+                    },
+                )
                 .map(|plain| match entry.kind {
                     BlobKind::Chunk => repo.keys().chunk_id(&plain).0 == entry.id,
                     BlobKind::Tree => repo.keys().tree_id(&plain).0 == entry.id,

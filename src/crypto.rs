@@ -48,7 +48,8 @@ pub enum ObjectKind {
     Index = 4,
     /// A snapshot file.
     Snapshot = 5,
-    /// A wrapped root secret inside a key slot.
+    /// Reserved for a wrapped root secret inside a key slot; slots are wrapped
+    /// with their own binding today.
     KeySlot = 6,
     /// A lock file.
     Lock = 7,
@@ -351,10 +352,14 @@ impl KdfParams {
     /// make `open` allocate many gigabytes.
     const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
     const MAX_ITERATIONS: u32 = 64;
+    const MAX_PARALLELISM: u32 = 64;
 
     /// Derives the 32-byte key-encryption key from a password and salt.
     pub fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32], CryptoError> {
-        if self.memory_kib > Self::MAX_MEMORY_KIB || self.iterations > Self::MAX_ITERATIONS {
+        if self.memory_kib > Self::MAX_MEMORY_KIB
+            || self.iterations > Self::MAX_ITERATIONS
+            || self.parallelism > Self::MAX_PARALLELISM
+        {
             return Err(CryptoError::Kdf(format!(
                 "parameters out of range: {} KiB, {} passes",
                 self.memory_kib, self.iterations

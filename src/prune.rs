@@ -79,6 +79,12 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport, R
     let mut packs: HashMap<PackId, (u64, u64, Vec<PackEntry>)> = HashMap::new();
     for (id, location) in repo.index().iter() {
         let stats = packs.entry(location.pack).or_default();
+        if used.contains(&id) && !stored_packs.contains(&location.pack) {
+            return Err(RepoError::Damaged {
+                object: format!("pack {}", location.pack.short()),
+                detail: "it holds blobs that snapshots use but is missing; prune stopped before deleting anything (run `cairn check`, then `cairn repair index`)".into(),
+            });
+        }
         if used.contains(&id) {
             stats.0 += u64::from(location.len);
             stats.2.push(PackEntry {
@@ -125,7 +131,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport, R
     report.packs_deleted = delete.len() as u64;
     report.packs_repacked = repack.len() as u64;
     report.packs_unindexed = unindexed.len() as u64;
-    if options.dry_run {
+    if options.dry_run || (delete.is_empty() && repack.is_empty() && unindexed.is_empty()) {
         return Ok(report);
     }
 
@@ -144,30 +150,24 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport, R
             writer.add(entry.kind, entry.id, sealed, entry.raw_len)?;
         }
     }
-    report.bytes_written += writer.finish()?;
+    let (written, new_packs) = writer.finish_with_records()?;
+    report.bytes_written += written;
 
-    // Step 3: the in-memory index now also lists the new packs.
+    // Step 3: the in-memory index still maps repacked blobs to their old packs,
+    // so the new packs' records are taken from the writer.
     let gone: HashSet<PackId> = delete
         .iter()
         .chain(repack.iter().map(|(p, _)| p))
         .copied()
         .collect();
-    let mut records: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
-    for (id, location) in repo.index().iter() {
-        if used.contains(&id) && !gone.contains(&location.pack) {
-            records.entry(location.pack).or_default().push(PackEntry {
-                kind: location.kind,
-                id,
-                offset: location.offset,
-                len: location.len,
-                raw_len: location.raw_len,
-            });
-        }
-    }
-    let records: Vec<IndexRecord> = records
+    let mut records: Vec<IndexRecord> = packs
         .into_iter()
-        .map(|(pack, entries)| IndexRecord { pack, entries })
+        .filter(|(pack, (_, _, entries))| {
+            !gone.contains(pack) && stored_packs.contains(pack) && !entries.is_empty()
+        })
+        .map(|(pack, (_, _, entries))| IndexRecord { pack, entries })
         .collect();
+    records.extend(new_packs);
     let current_index_files = repo.list_index_files()?;
     lock.check()?;
     for batch in records.chunks(4096) {

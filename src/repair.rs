@@ -90,15 +90,23 @@ pub fn repair_snapshots(
     let writer = repo.blob_writer();
     let mut rewritten: HashMap<TreeId, (TreeId, Vec<String>)> = HashMap::new();
     let mut pending = Vec::new();
-    for (id, snapshot) in repo.snapshots()? {
+    let stored_packs: HashSet<_> = repo.list_packs()?.into_iter().collect();
+    let snapshots = repo.snapshots()?;
+    for (id, snapshot) in &snapshots {
+        let (id, snapshot) = (*id, snapshot.clone());
         let mut rewrite = Rewrite {
             repo,
             writer: &writer,
             bad_blobs,
+            stored_packs: &stored_packs,
             memo: &mut rewritten,
         };
         let (tree, damaged) = rewrite.tree(&snapshot.tree, b"")?;
-        if tree != snapshot.tree {
+        // A repaired copy from an earlier run is not written again.
+        let done = snapshots
+            .iter()
+            .any(|(_, s)| s.parent == Some(id) && s.tree == tree);
+        if tree != snapshot.tree && !done {
             pending.push((id, snapshot, tree, damaged));
         }
     }
@@ -124,12 +132,19 @@ struct Rewrite<'a, 'w> {
     repo: &'a Repository,
     writer: &'w crate::repository::BlobWriter<'a>,
     bad_blobs: &'w HashSet<[u8; 32]>,
+    stored_packs: &'w HashSet<crate::id::PackId>,
     memo: &'w mut HashMap<TreeId, (TreeId, Vec<String>)>,
 }
 
 impl Rewrite<'_, '_> {
     fn lost(&self, id: &[u8; 32]) -> bool {
-        self.bad_blobs.contains(id) || !self.repo.index().contains(id)
+        if self.bad_blobs.contains(id) {
+            return true;
+        }
+        match self.repo.index().get(id) {
+            Some(location) => !self.stored_packs.contains(&location.pack),
+            None => true,
+        }
     }
 
     /// Returns the repaired tree's id (equal to `id` when nothing was lost) and
@@ -149,7 +164,10 @@ impl Rewrite<'_, '_> {
             let mut node = node.clone();
             match node.kind {
                 NodeKind::Dir => {
-                    let Some(sub) = node.subtree else { continue };
+                    let Some(sub) = node.subtree else {
+                        nodes.push(node);
+                        continue;
+                    };
                     if self.lost(&sub.0) {
                         node.subtree = Some(self.writer.store_tree(&Tree::default())?);
                         mark_damaged(&mut node, "directory contents lost".into());

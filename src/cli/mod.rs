@@ -165,6 +165,9 @@ fn password(cli: &Cli, confirm: bool) -> anyhow::Result<Vec<u8>> {
     }
     if let Some(password) = std::env::var_os("CAIRN_PASSWORD") {
         use std::os::unix::ffi::OsStringExt;
+        if password.is_empty() {
+            bail!("CAIRN_PASSWORD is set but empty: set it to the password, or unset it");
+        }
         return Ok(password.into_vec());
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {

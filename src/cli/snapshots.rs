@@ -11,7 +11,7 @@ pub struct SnapshotsArgs {
 
 pub fn run(cli: &Cli, args: &SnapshotsArgs) -> anyhow::Result<i32> {
     let repo = open(cli)?;
-    let snapshots = repo.snapshots()?;
+    let snapshots = repo.readable_snapshots()?;
     if args.json {
         let list: Vec<_> = snapshots
             .iter()

@@ -1,10 +1,15 @@
-//! Storage of repository files. Every file is immutable once written, except the
-//! key file, which is replaced as a whole.
+//! Storage of repository files. Packs, index files and snapshots are immutable
+//! once written; lock files are rewritten whole while their owner runs, and the
+//! key file is replaced whole when its slots change.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use rand::RngExt;
 
@@ -32,10 +37,20 @@ pub trait Backend: Send + Sync {
     fn remove_temporary_files(&self) -> io::Result<u64>;
 }
 
+/// Open files kept for ranged reads, so that reading many small blobs from one
+/// pack does not open the pack again for each blob.
+const OPEN_FILES: usize = 64;
+
 /// A repository in a local directory.
-#[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
+    open_files: Mutex<LruCache<String, Arc<File>>>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalBackend({})", self.root.display())
+    }
 }
 
 impl LocalBackend {
@@ -43,7 +58,23 @@ impl LocalBackend {
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
+            open_files: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_FILES).expect("nonzero"),
+            )),
         }
+    }
+
+    fn open_cached(&self, name: &str) -> io::Result<Arc<File>> {
+        if let Some(file) = self.open_files.lock().expect("file cache lock").get(name) {
+            return Ok(file.clone());
+        }
+        let path = self.path(name);
+        let file = Arc::new(File::open(&path).map_err(|e| with_path(e, &path))?);
+        self.open_files
+            .lock()
+            .expect("file cache lock")
+            .put(name.to_string(), file.clone());
+        Ok(file)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -66,11 +97,10 @@ impl Backend for LocalBackend {
     }
 
     fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let path = self.path(name);
-        let file = File::open(&path).map_err(|e| with_path(e, &path))?;
+        let file = self.open_cached(name)?;
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, offset)
-            .map_err(|e| with_path(e, &path))?;
+            .map_err(|e| with_path(e, &self.path(name)))?;
         Ok(buf)
     }
 
@@ -84,7 +114,16 @@ impl Backend for LocalBackend {
         let dir = path
             .parent()
             .expect("repository file has a parent directory");
-        fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+            // A new directory (such as data/3f/) is durable only once its parent
+            // directory is synced.
+            if let Some(parent) = dir.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| with_path(e, parent))?;
+            }
+        }
 
         // Temporary files carry a random suffix, so writers never collide, and a
         // leftover from a crash is never mistaken for a finished file.
@@ -125,6 +164,7 @@ impl Backend for LocalBackend {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        self.open_files.lock().expect("file cache lock").pop(name);
         let path = self.path(name);
         fs::remove_file(&path).map_err(|e| with_path(e, &path))
     }

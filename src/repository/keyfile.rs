@@ -13,6 +13,8 @@ use crate::crypto::{self, CryptoError, KdfParams, RootSecret};
 use crate::tree::Timestamp;
 
 const KEY_MAGIC: &[u8; 8] = b"CAIRNKEY";
+/// Most key slots accepted in one key file.
+const MAX_SLOTS: usize = 64;
 /// Largest key file accepted when reading, 1 MiB.
 const MAX_KEY_FILE_LEN: usize = 1 << 20;
 
@@ -84,7 +86,14 @@ impl KeyFile {
     /// that accepts it; `Authentication` means none did.
     pub fn unlock(&self, password: &[u8]) -> Result<RootSecret, CryptoError> {
         for slot in &self.slots {
-            let kek = slot.kdf.derive(password, &slot.salt)?;
+            // A slot with unusable parameters must not lock out the others.
+            let kek = match slot.kdf.derive(password, &slot.salt) {
+                Ok(kek) => kek,
+                Err(e) => {
+                    tracing::warn!("skipping key slot {:?}: {e}", slot.name);
+                    continue;
+                }
+            };
             let binding = slot_binding(&self.repo_id, &slot.name);
             if let Ok(root) = crypto::unwrap_root(&kek, &binding, &slot.nonce, &slot.wrapped) {
                 return Ok(root);
@@ -105,6 +114,16 @@ impl KeyFile {
         if bytes.len() > MAX_KEY_FILE_LEN || bytes.len() < 8 || &bytes[..8] != KEY_MAGIC {
             return Err(CryptoError::Malformed("not a cairn key file".into()));
         }
-        postcard::from_bytes(&bytes[8..]).map_err(|e| CryptoError::Malformed(e.to_string()))
+        let file: KeyFile =
+            postcard::from_bytes(&bytes[8..]).map_err(|e| CryptoError::Malformed(e.to_string()))?;
+        // Each slot costs a key derivation of up to seconds, so a forged file with
+        // thousands of slots would make every open hang.
+        if file.slots.len() > MAX_SLOTS {
+            return Err(CryptoError::Malformed(format!(
+                "{} key slots, more than the {MAX_SLOTS} allowed",
+                file.slots.len()
+            )));
+        }
+        Ok(file)
     }
 }

@@ -117,6 +117,8 @@ pub fn read_locks(repo: &Repository) -> Result<Vec<LockEntry>, RepoError> {
 struct LeaseState {
     last_refresh: Instant,
     error: Option<String>,
+    /// Set when another process deleted the lock file, taking it for stale.
+    removed: bool,
 }
 
 /// A held lock. Dropping it stops the refresh thread and deletes the lock file.
@@ -140,6 +142,12 @@ impl LockGuard {
     /// Call before committing anything that refers to existing data.
     pub fn check(&self) -> Result<(), RepoError> {
         let state = self.state.lock().expect("lease lock");
+        if state.removed {
+            return Err(RepoError::LockLost(format!(
+                "lock {} was removed by another process",
+                self.path
+            )));
+        }
         let margin = REFRESH_INTERVAL * 2;
         if state.last_refresh.elapsed() + margin > STALE_AFTER {
             return Err(RepoError::LockLost(format!(
@@ -251,6 +259,7 @@ impl Repository {
         let state = Arc::new(Mutex::new(LeaseState {
             last_refresh: Instant::now(),
             error: None,
+            removed: false,
         }));
         let backend = self.shared_backend();
         let keys = self.keys().clone();
@@ -261,6 +270,15 @@ impl Repository {
                 while !stop.load(Ordering::SeqCst) {
                     std::thread::park_timeout(REFRESH_INTERVAL);
                     if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // A lock that vanished was removed as stale by another process,
+                    // which may have acted on that; writing it back would hide it.
+                    if let Err(e) = backend.size(&path)
+                        && e.kind() == std::io::ErrorKind::NotFound
+                    {
+                        tracing::error!("lock {path} was removed by another process");
+                        state.lock().expect("lease lock").removed = true;
                         break;
                     }
                     info.refreshed = Timestamp::now();

@@ -47,7 +47,7 @@ pub const PACK_TARGET_SIZE: usize = 16 << 20;
 /// Magic bytes at the start of the config file.
 const CONFIG_MAGIC: &[u8; 8] = b"CAIRNCFG";
 /// Largest chunk plaintext accepted when reading, 64 MiB.
-const MAX_CHUNK_LEN: usize = 64 << 20;
+pub const MAX_CHUNK_LEN: usize = 64 << 20;
 
 /// Errors of repository access. Messages name the object and the next step.
 #[derive(Debug, thiserror::Error)]
@@ -227,8 +227,10 @@ impl Repository {
             Err(e) => return Err(damaged(format!("key file of {location}"), e)),
         };
         let keys = Keys::derive(config.repo_id, &root);
-        let encoded = postcard::to_allocvec(&config).expect("config encodes");
-        if keys.config_mac(&encoded) != mac {
+        // The MAC covers the stored bytes, so any change to the file is detected,
+        // including bytes the decoder would ignore.
+        let body = &config_bytes[CONFIG_MAGIC.len()..config_bytes.len() - 32];
+        if keys.config_mac(body) != mac {
             return Err(damaged(
                 format!("config of {location}"),
                 "its MAC does not match",
@@ -308,7 +310,11 @@ impl Repository {
     /// Reads, verifies and decrypts one index file.
     pub fn read_index_file(&self, id: &IndexId) -> Result<Vec<IndexRecord>, RepoError> {
         let object = format!("index file {}", id.short());
-        let bytes = self.backend.read(&format!("index/{id}"))?;
+        let path = format!("index/{id}");
+        if self.backend.size(&path)? > MAX_INDEX_LEN as u64 {
+            return Err(damaged(object, "larger than any index file cairn writes"));
+        }
+        let bytes = self.backend.read(&path)?;
         if *blake3::hash(&bytes).as_bytes() != id.0 {
             return Err(damaged(object, "its contents do not match its name"));
         }
@@ -504,7 +510,14 @@ impl Repository {
     /// Reads, verifies and decrypts one snapshot.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let object = format!("snapshot {}", id.short());
-        let bytes = self.backend.read(&format!("snapshots/{id}"))?;
+        let path = format!("snapshots/{id}");
+        if self.backend.size(&path)? > MAX_SNAPSHOT_LEN as u64 {
+            return Err(damaged(
+                object,
+                "larger than any snapshot file cairn writes",
+            ));
+        }
+        let bytes = self.backend.read(&path)?;
         if *blake3::hash(&bytes).as_bytes() != id.0 {
             return Err(damaged(object, "its contents do not match its name"));
         }
@@ -515,7 +528,27 @@ impl Repository {
         Snapshot::decode(&plain).map_err(|e| damaged(object, e))
     }
 
-    /// Loads all snapshots, oldest first (ties broken by id).
+    /// Loads every snapshot that can be read, oldest first, and logs a warning for
+    /// each damaged one, so that one bad snapshot file does not stop listing,
+    /// mounting or backing up. Commands that delete data use
+    /// [`Repository::snapshots`], which fails instead.
+    pub fn readable_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+        let mut all = Vec::new();
+        for id in self.list_snapshot_ids()? {
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => all.push((id, snapshot)),
+                Err(e @ RepoError::Damaged { .. }) => {
+                    tracing::warn!("skipping {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
+    /// Loads all snapshots, oldest first (ties broken by id); fails on the first
+    /// damaged one.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
         let mut all = Vec::new();
         for id in self.list_snapshot_ids()? {
@@ -539,7 +572,7 @@ impl Repository {
     /// Resolves a snapshot name: a full id, a unique id prefix, or `latest`.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot), RepoError> {
         if spec == "latest" {
-            return self.snapshots()?.pop().ok_or_else(|| {
+            return self.readable_snapshots()?.pop().ok_or_else(|| {
                 RepoError::SnapshotSpec(format!(
                     "no snapshot in {}: `latest` needs at least one backup",
                     self.location()
@@ -597,7 +630,20 @@ fn decode_config(bytes: &[u8], location: &str) -> Result<(Config, [u8; 32]), Rep
             found: version,
         });
     }
-    let config: Config = postcard::from_bytes(body).map_err(|e| damaged(object, e))?;
+    let (config, rest): (Config, _) =
+        postcard::take_from_bytes(body).map_err(|e| damaged(object.clone(), e))?;
+    if !rest.is_empty() {
+        return Err(damaged(object, "trailing bytes after the settings"));
+    }
+    if !(1..=22).contains(&config.compression_level) {
+        return Err(damaged(
+            object,
+            format!(
+                "compression level {} is outside 1 to 22",
+                config.compression_level
+            ),
+        ));
+    }
     let mac: [u8; 32] = bytes[bytes.len() - 32..].try_into().expect("32-byte slice");
     Ok((config, mac))
 }

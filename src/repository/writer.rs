@@ -18,6 +18,7 @@ struct WriterState {
     trees: PackBuilder,
     reserved: HashSet<[u8; 32]>,
     unindexed: Vec<IndexRecord>,
+    written: Vec<IndexRecord>,
     bytes_written: u64,
 }
 
@@ -37,6 +38,7 @@ impl<'a> BlobWriter<'a> {
                 trees: PackBuilder::new(),
                 reserved: HashSet::new(),
                 unindexed: Vec::new(),
+                written: Vec::new(),
                 bytes_written: 0,
             }),
         }
@@ -81,6 +83,17 @@ impl<'a> BlobWriter<'a> {
     /// Encodes, seals and stores a tree unless it is already stored.
     pub fn store_tree(&self, tree: &Tree) -> Result<TreeId, RepoError> {
         let encoded = tree.encode();
+        if encoded.len() > crate::tree::MAX_TREE_LEN {
+            return Err(RepoError::Damaged {
+                object: "new directory tree".into(),
+                detail: format!(
+                    "{} entries encode to {} bytes, more than the {} byte limit for one directory",
+                    tree.nodes.len(),
+                    encoded.len(),
+                    crate::tree::MAX_TREE_LEN
+                ),
+            });
+        }
         let keys = self.repo.keys();
         let id = keys.tree_id(&encoded);
         if self.reserve(&id.0) {
@@ -109,6 +122,7 @@ impl<'a> BlobWriter<'a> {
         let to_index = {
             let mut state = self.state.lock().expect("writer lock");
             state.bytes_written += bytes.len() as u64;
+            state.written.push(record.clone());
             state.unindexed.push(record);
             if state.unindexed.len() >= PACKS_PER_INDEX_FILE {
                 Some(std::mem::take(&mut state.unindexed))
@@ -126,6 +140,12 @@ impl<'a> BlobWriter<'a> {
     /// Writes the open packs and an index file for every pack not yet listed in
     /// one. Returns the bytes written to the repository in this session.
     pub fn finish(self) -> Result<u64, RepoError> {
+        self.finish_with_records().map(|(bytes, _)| bytes)
+    }
+
+    /// Like [`BlobWriter::finish`], and also returns the index records of every
+    /// pack written in this session.
+    pub fn finish_with_records(self) -> Result<(u64, Vec<IndexRecord>), RepoError> {
         let (chunks, trees) = {
             let mut state = self.state.lock().expect("writer lock");
             (
@@ -140,6 +160,6 @@ impl<'a> BlobWriter<'a> {
             let (_, len) = self.repo.write_index_file(&state.unindexed)?;
             state.bytes_written += len;
         }
-        Ok(state.bytes_written)
+        Ok((state.bytes_written, state.written))
     }
 }
