@@ -5,6 +5,7 @@ mod backup;
 mod check;
 mod diff;
 mod forget;
+mod key;
 mod ls;
 mod mount;
 mod prune;
@@ -91,6 +92,8 @@ pub enum Command {
     Forget(forget::ForgetArgs),
     /// Delete data that no snapshot uses, and repack mostly unused packs.
     Prune(prune::PruneArgs),
+    /// Manage the named keys (passwords) that open the repository.
+    Key(key::KeyArgs),
     /// Rebuild the index, or set damaged files apart in new snapshots.
     Repair(repair::RepairArgs),
     /// Remove stale locks left by processes that were killed.
@@ -140,6 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(args) => check::run(&cli, args),
         Command::Forget(args) => forget::run(&cli, args),
         Command::Prune(args) => prune::run(&cli, args),
+        Command::Key(args) => key::run(&cli, args),
         Command::Repair(args) => repair::run(&cli, args),
         Command::Unlock(args) => unlock::run(&cli, args),
     }

@@ -84,7 +84,7 @@ impl KeyFile {
 
     /// Tries each slot with the password and returns the root secret of the first
     /// that accepts it; `Authentication` means none did.
-    pub fn unlock(&self, password: &[u8]) -> Result<RootSecret, CryptoError> {
+    pub fn unlock(&self, password: &[u8]) -> Result<(RootSecret, String), CryptoError> {
         for slot in &self.slots {
             // A slot with unusable parameters must not lock out the others.
             let kek = match slot.kdf.derive(password, &slot.salt) {
@@ -96,7 +96,7 @@ impl KeyFile {
             };
             let binding = slot_binding(&self.repo_id, &slot.name);
             if let Ok(root) = crypto::unwrap_root(&kek, &binding, &slot.nonce, &slot.wrapped) {
-                return Ok(root);
+                return Ok((root, slot.name.clone()));
             }
         }
         Err(CryptoError::Authentication)
@@ -125,5 +125,102 @@ impl KeyFile {
             )));
         }
         Ok(file)
+    }
+}
+
+impl super::Repository {
+    /// Returns the name of the key slot whose password opened the repository.
+    pub fn slot_name(&self) -> &str {
+        &self.slot
+    }
+
+    /// Reads the key file.
+    pub fn key_file(&self) -> Result<KeyFile, super::RepoError> {
+        let bytes = self.backend().read("keys")?;
+        KeyFile::decode(&bytes).map_err(|e| super::RepoError::Damaged {
+            object: format!("key file of {}", self.location()),
+            detail: e.to_string(),
+        })
+    }
+
+    fn write_key_file(&self, file: &KeyFile) -> Result<(), super::RepoError> {
+        self.write_file("keys", &file.encode())
+    }
+
+    /// Adds a key slot named `name` that opens the repository with `password`.
+    pub fn add_key(&self, name: &str, password: &[u8]) -> Result<(), super::RepoError> {
+        validate_slot_name(name)?;
+        let mut file = self.key_file()?;
+        if file.slots.iter().any(|s| s.name == name) {
+            return Err(super::RepoError::KeySlot(format!(
+                "a key named {name:?} already exists: choose another name, or remove it first"
+            )));
+        }
+        if file.slots.len() >= MAX_SLOTS {
+            return Err(super::RepoError::KeySlot(format!(
+                "the key file already holds the maximum of {MAX_SLOTS} keys"
+            )));
+        }
+        file.add_password_slot(name, password, &self.root, KdfParams::DEFAULT)
+            .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
+        self.write_key_file(&file)
+    }
+
+    /// Removes the key slot `name`; its password stops working at once. The last
+    /// slot cannot be removed, since the repository could never be opened again.
+    pub fn remove_key(&self, name: &str) -> Result<(), super::RepoError> {
+        let mut file = self.key_file()?;
+        let before = file.slots.len();
+        file.slots.retain(|s| s.name != name);
+        if file.slots.len() == before {
+            return Err(super::RepoError::KeySlot(format!(
+                "no key named {name:?}: run `cairn key list` to see the names"
+            )));
+        }
+        if file.slots.is_empty() {
+            return Err(super::RepoError::KeySlot(format!(
+                "{name:?} is the only key: add another with `cairn key add` before removing it"
+            )));
+        }
+        self.write_key_file(&file)
+    }
+
+    /// Replaces the password of the slot that opened the repository.
+    pub fn change_password(&self, password: &[u8]) -> Result<(), super::RepoError> {
+        let mut file = self.key_file()?;
+        let Some(position) = file.slots.iter().position(|s| s.name == self.slot) else {
+            return Err(super::RepoError::KeySlot(format!(
+                "the key {:?} that opened the repository was removed meanwhile",
+                self.slot
+            )));
+        };
+        let old = file.slots.remove(position);
+        file.add_password_slot(&old.name, password, &self.root, KdfParams::DEFAULT)
+            .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
+        let new = file.slots.pop().expect("slot just added");
+        file.slots.insert(
+            position,
+            KeySlot {
+                created: old.created,
+                created_by: old.created_by,
+                ..new
+            },
+        );
+        self.write_key_file(&file)
+    }
+}
+
+fn validate_slot_name(name: &str) -> Result<(), super::RepoError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if valid {
+        Ok(())
+    } else {
+        Err(super::RepoError::KeySlot(format!(
+            "invalid key name {name:?}: use 1 to 64 letters, digits, '-', '_', '.' or '@'"
+        )))
     }
 }

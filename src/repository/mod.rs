@@ -105,6 +105,9 @@ pub enum RepoError {
     /// This process's own lock lapsed, so it must not commit.
     #[error("lost the repository lock ({0}); nothing was committed, run the command again")]
     LockLost(String),
+    /// A key slot operation was rejected.
+    #[error("{0}")]
+    KeySlot(String),
     /// A snapshot name matched no snapshot or more than one.
     #[error("{0}")]
     SnapshotSpec(String),
@@ -128,6 +131,8 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
     keys: Keys,
+    root: RootSecret,
+    slot: String,
     chunker: Chunker,
     index: RwLock<Index>,
     trees: Mutex<LruCache<TreeId, Arc<Tree>>>,
@@ -194,7 +199,13 @@ impl Repository {
             .map_err(|e| damaged("new key slot".into(), e))?;
         backend.write_atomic("keys", &key_file.encode())?;
         backend.write_atomic("config", &encode_config(&config, &keys))?;
-        Ok(Self::assemble(backend, config, keys))
+        Ok(Self::assemble(
+            backend,
+            config,
+            keys,
+            root,
+            name.to_string(),
+        ))
     }
 
     /// Opens a repository in a local directory.
@@ -221,8 +232,8 @@ impl Repository {
                 "it belongs to another repository",
             ));
         }
-        let root = match key_file.unlock(password) {
-            Ok(root) => root,
+        let (root, slot) = match key_file.unlock(password) {
+            Ok(unlocked) => unlocked,
             Err(CryptoError::Authentication) => return Err(RepoError::WrongPassword(location)),
             Err(e) => return Err(damaged(format!("key file of {location}"), e)),
         };
@@ -241,17 +252,25 @@ impl Repository {
             .validate()
             .map_err(|e| damaged(format!("config of {location}"), e))?;
 
-        let repo = Self::assemble(backend, config, keys);
+        let repo = Self::assemble(backend, config, keys, root, slot);
         repo.load_index()?;
         Ok(repo)
     }
 
-    fn assemble(backend: Box<dyn Backend>, config: Config, keys: Keys) -> Self {
+    fn assemble(
+        backend: Box<dyn Backend>,
+        config: Config,
+        keys: Keys,
+        root: RootSecret,
+        slot: String,
+    ) -> Self {
         let chunker = Chunker::new(config.chunker, keys.gear_table());
         Self {
             backend: Arc::from(backend),
             config,
             keys,
+            root,
+            slot,
             chunker,
             index: RwLock::new(Index::default()),
             trees: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("nonzero"))),

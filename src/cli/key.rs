@@ -1,0 +1,109 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use super::{Cli, EXIT_OK, open};
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    command: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// List the key slots: name, when and by whom they were added.
+    List,
+    /// Add a named key slot with its own password.
+    Add {
+        /// Name of the new key, such as a person or a machine.
+        #[arg(long)]
+        name: String,
+        /// File whose first line is the new password; otherwise a prompt.
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key slot; its password stops working at once.
+    Remove {
+        /// Name of the key to remove.
+        name: String,
+    },
+    /// Change the password of the key that opened the repository.
+    Passwd {
+        /// File whose first line is the new password; otherwise a prompt.
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+fn new_password(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
+    if let Some(file) = file {
+        let text = std::fs::read(file)
+            .with_context(|| format!("cannot read password file {}", file.display()))?;
+        let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            bail!("password file {} is empty", file.display());
+        }
+        return Ok(line.to_vec());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("no new password given: use --new-password-file, or run on a terminal");
+    }
+    let first = rpassword::prompt_password("New password: ")?;
+    let second = rpassword::prompt_password("Repeat new password: ")?;
+    if first != second {
+        bail!("the passwords do not match");
+    }
+    if first.is_empty() {
+        bail!("an empty password is not allowed");
+    }
+    Ok(first.into_bytes())
+}
+
+pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
+    let repo = open(cli)?;
+    match &args.command {
+        KeyCommand::List => {
+            println!(
+                "{:<2} {:<24} {:<21} created by",
+                "", "name", "created (UTC)"
+            );
+            for slot in repo.key_file()?.slots {
+                let current = if slot.name == repo.slot_name() {
+                    "*"
+                } else {
+                    ""
+                };
+                println!(
+                    "{current:<2} {:<24} {:<21} {}",
+                    slot.name,
+                    slot.created.to_rfc3339(),
+                    slot.created_by
+                );
+            }
+        }
+        KeyCommand::Add {
+            name,
+            new_password_file,
+        } => {
+            let password = new_password(new_password_file.as_ref())?;
+            repo.add_key(name, &password)?;
+            println!("added key {name:?}");
+        }
+        KeyCommand::Remove { name } => {
+            repo.remove_key(name)?;
+            println!("removed key {name:?}; its password no longer opens the repository");
+            println!(
+                "note: whoever held it may have kept the decrypted master key; see docs/threat-model.md"
+            );
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            let password = new_password(new_password_file.as_ref())?;
+            repo.change_password(&password)?;
+            println!("changed the password of key {:?}", repo.slot_name());
+        }
+    }
+    Ok(EXIT_OK)
+}
