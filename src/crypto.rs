@@ -310,7 +310,8 @@ fn object_cipher(key: &[u8; 32], salt: &[u8; 16]) -> Aes256GcmSiv {
     Aes256GcmSiv::new_from_slice(object_key.as_bytes()).expect("32-byte key")
 }
 
-fn decompress_bounded(input: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
+/// Decompresses zstd data, failing once the output would exceed `max_len` bytes.
+pub fn decompress_bounded(input: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
     use std::io::Read;
 
     let decoder = zstd::stream::read::Decoder::new(input)

@@ -23,6 +23,11 @@ pub struct IndexRecord {
     pub entries: Vec<PackEntry>,
 }
 
+/// Decodes the plaintext of an index file.
+pub fn decode_index(plain: &[u8]) -> Result<Vec<IndexRecord>, postcard::Error> {
+    postcard::from_bytes(plain)
+}
+
 /// Where a blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobLocation {

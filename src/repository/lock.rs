@@ -83,6 +83,11 @@ impl LockInfo {
     }
 }
 
+/// Decodes the plaintext of a lock file.
+pub fn decode_lock(plain: &[u8]) -> Result<LockInfo, postcard::Error> {
+    postcard::from_bytes(plain)
+}
+
 fn seal(keys: &Keys, info: &LockInfo) -> Vec<u8> {
     let plain = postcard::to_allocvec(info).expect("lock encodes");
     keys.seal(ObjectKind::Lock, &[0; 32], &plain, 0)
@@ -103,7 +108,7 @@ pub fn read_locks(repo: &Repository) -> Result<Vec<LockEntry>, RepoError> {
                 .open(ObjectKind::Lock, &[0; 32], &bytes, MAX_LOCK_LEN)
                 .map_err(|e| damaged(format!("lock {name}"), e))
                 .and_then(|plain| {
-                    postcard::from_bytes(&plain).map_err(|e| damaged(format!("lock {name}"), e))
+                    decode_lock(&plain).map_err(|e| damaged(format!("lock {name}"), e))
                 }),
             // Removed between listing and reading: its owner released it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

@@ -341,7 +341,7 @@ impl Repository {
             .keys
             .open(ObjectKind::Index, &[0; 32], &bytes, MAX_INDEX_LEN)
             .map_err(|e| damaged(object.clone(), e))?;
-        postcard::from_bytes(&plain).map_err(|e| damaged(object, e))
+        index::decode_index(&plain).map_err(|e| damaged(object, e))
     }
 
     /// Reads every index file into memory. A damaged index file is skipped with a
@@ -631,7 +631,9 @@ fn encode_config(config: &Config, keys: &Keys) -> Vec<u8> {
     out
 }
 
-fn decode_config(bytes: &[u8], location: &str) -> Result<(Config, [u8; 32]), RepoError> {
+/// Decodes the config file's bytes and returns the settings and the stored MAC,
+/// which the caller checks once the keys are known.
+pub fn decode_config(bytes: &[u8], location: &str) -> Result<(Config, [u8; 32]), RepoError> {
     let object = format!("config of {location}");
     if bytes.len() < 8 + 32 + 1 || &bytes[..8] != CONFIG_MAGIC {
         return Err(damaged(

@@ -149,8 +149,14 @@ pub fn decode_header(
     header_offset: u64,
 ) -> Result<Vec<PackEntry>, PackError> {
     let plain = keys.open(ObjectKind::PackHeader, &[0; 32], sealed, MAX_HEADER_LEN)?;
+    decode_header_plain(&plain, header_offset)
+}
+
+/// Decodes a decrypted pack header and checks that every entry lies inside the
+/// blob area, which ends at `header_offset`.
+pub fn decode_header_plain(plain: &[u8], header_offset: u64) -> Result<Vec<PackEntry>, PackError> {
     let entries: Vec<PackEntry> =
-        postcard::from_bytes(&plain).map_err(|e| PackError::Malformed(e.to_string()))?;
+        postcard::from_bytes(plain).map_err(|e| PackError::Malformed(e.to_string()))?;
     for entry in &entries {
         let end = u64::from(entry.offset) + u64::from(entry.len);
         if u64::from(entry.offset) < PACK_MAGIC.len() as u64 || end > header_offset {

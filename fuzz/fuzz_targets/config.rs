@@ -1,0 +1,5 @@
+//! Decoding a config file from arbitrary bytes must fail cleanly, never panic.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = cairn::repository::decode_config(data, "fuzz");
+});
