@@ -4,7 +4,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::{Cli, EXIT_OK, open};
-use crate::fuse::{MountOptions, mount};
+use crate::fuse::{MountOptions, WriteThroughOptions, mount, mount_write_through};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -20,6 +20,26 @@ pub struct MountArgs {
     /// Memory for decrypted chunks, in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     cache_size: usize,
+    /// Add a writable folder `incoming/` that starts as the latest snapshot
+    /// (or --parent); at unmount, its changes are saved as a new snapshot.
+    #[arg(long)]
+    write_through: bool,
+    /// Snapshot that `incoming/` starts from: full id, unique id prefix, or
+    /// `latest`.
+    #[arg(long, requires = "write_through", value_name = "SNAPSHOT")]
+    parent: Option<String>,
+    /// Directory on local disk for the files being written in `incoming/`
+    /// (default: a new directory under $TMPDIR, or /var/tmp).
+    #[arg(long, requires = "write_through", value_name = "DIR")]
+    staging_dir: Option<PathBuf>,
+    /// Seconds to wait while a prune holds the repository lock.
+    #[arg(
+        long,
+        requires = "write_through",
+        default_value_t = 3600,
+        value_name = "SECONDS"
+    )]
+    lock_wait: u64,
 }
 
 pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
@@ -38,6 +58,38 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
             args.mountpoint.display()
         );
     }
-    mount(repo, &args.mountpoint, &options)?;
+    if !args.write_through {
+        mount(repo, &args.mountpoint, &options)?;
+        return Ok(EXIT_OK);
+    }
+
+    let parent = match &args.parent {
+        Some(spec) => Some(repo.find_snapshot(spec)?.0),
+        None => None,
+    };
+    let write_options = WriteThroughOptions {
+        parent,
+        staging_dir: args.staging_dir.clone(),
+        lock_wait: std::time::Duration::from_secs(args.lock_wait),
+    };
+    let outcome = mount_write_through(repo, &args.mountpoint, &options, &write_options)?;
+    let parent = outcome
+        .parent
+        .map_or_else(|| "none".to_string(), |id| id.to_hex());
+    match outcome.saved {
+        Some((id, snapshot)) => {
+            println!("snapshot {} saved (parent {parent})", id.to_hex());
+            if !cli.quiet {
+                eprintln!(
+                    "incoming/: {} new files, {} changed files, {} directories written, {} bytes added",
+                    snapshot.summary.files_new,
+                    snapshot.summary.files_changed,
+                    snapshot.summary.dirs,
+                    snapshot.summary.bytes_added
+                );
+            }
+        }
+        None => println!("no changes in incoming/, no snapshot saved (parent {parent})"),
+    }
     Ok(EXIT_OK)
 }

@@ -1,6 +1,7 @@
 //! The file system state: inodes, open files and the chunk cache, and the
 //! lookups, listings and reads that the callbacks in [`ops`] are built from.
 
+mod incoming;
 mod ops;
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,7 @@ use super::inode::{
     synthetic_attr,
 };
 use super::layout;
+use super::overlay::{INCOMING_INO, Overlay, is_incoming};
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::repository::Repository;
 use crate::snapshot::Snapshot;
@@ -45,7 +47,8 @@ struct OpenFile {
 struct ListedEntry {
     ino: u64,
     name: Vec<u8>,
-    inode: Inode,
+    /// The inode, or `None` for `incoming/`.
+    inode: Option<Inode>,
     /// The offset the kernel passes back to continue after this entry.
     offset: u64,
 }
@@ -90,17 +93,22 @@ pub(super) struct CairnFs {
     /// Sum of the stored sizes of all blobs, for `statfs`.
     stored_bytes: u64,
     logged_errors: Mutex<HashSet<u64>>,
+    /// The writable `incoming/` folder of a write-through mount.
+    incoming: Option<Arc<Overlay>>,
 }
 
 impl CairnFs {
-    /// Builds the top-level folders from `snapshots`, sorted oldest first.
+    /// Builds the top-level folders from `snapshots`, sorted oldest first, and
+    /// adds `incoming/` when `incoming` is given.
     pub fn new(
         repo: Arc<Repository>,
         snapshots: Vec<(SnapshotId, Snapshot)>,
         options: &MountOptions,
+        incoming: Option<Arc<Overlay>>,
     ) -> io::Result<Self> {
         let mut inodes = InodeTable::default();
-        layout::build(&mut inodes, &snapshots, Timestamp::now());
+        let incoming_entry = incoming.as_ref().map(|_| INCOMING_INO);
+        layout::build(&mut inodes, &snapshots, Timestamp::now(), incoming_entry);
         let stored_bytes = repo
             .index()
             .iter()
@@ -126,6 +134,7 @@ impl CairnFs {
             ),
             stored_bytes,
             logged_errors: Mutex::new(HashSet::new()),
+            incoming,
         })
     }
 
@@ -138,6 +147,9 @@ impl CairnFs {
 
     /// Returns the path of an inode below the mount point, for messages.
     fn path_of(&self, ino: u64) -> String {
+        if let Some(overlay) = self.incoming(ino) {
+            return overlay.path_of(ino);
+        }
         let inodes = self.inodes.read().expect("inode table lock");
         let mut names = Vec::new();
         let mut current = ino;
@@ -281,7 +293,11 @@ impl CairnFs {
                     )
                 }
             };
-            let inode = inodes.get(child).cloned().ok_or(Errno::ENOENT)?;
+            let inode = if is_incoming(child) {
+                None
+            } else {
+                Some(inodes.get(child).cloned().ok_or(Errno::ENOENT)?)
+            };
             list.push(ListedEntry {
                 ino: child,
                 name,
@@ -323,12 +339,12 @@ impl CairnFs {
     fn read_range(
         &self,
         ino: u64,
-        file: &OpenFile,
+        content: &FileContent,
         offset: u64,
         size: u32,
     ) -> Result<ReadBytes, Errno> {
-        let pieces = file.content.pieces(offset, size);
-        let extents = file.content.extents();
+        let pieces = content.pieces(offset, size);
+        let extents = content.extents();
         if let [piece] = pieces.as_slice()
             && let Extent::Data { id, len } = &extents[piece.extent]
         {

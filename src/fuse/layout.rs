@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use super::inode::{InodeKind, InodeTable, ROOT_INO, VirtualDir};
+use super::overlay::INCOMING_NAME;
 use crate::id::SnapshotId;
 use crate::snapshot::Snapshot;
 use crate::tree::Timestamp;
@@ -54,11 +55,14 @@ pub(super) fn folder_names(snapshots: &[(SnapshotId, Snapshot)]) -> Vec<Vec<u8>>
 
 /// Allocates the root directory (inode 1) and every folder above the snapshot
 /// trees. `snapshots` must be sorted oldest first, as `Repository::snapshots`
-/// returns them. The last one is the target of `/snapshots/latest`.
+/// returns them. The last one is the target of `/snapshots/latest`. When
+/// `incoming` is given, the root also lists `incoming` with that inode number,
+/// which this table does not hold.
 pub(super) fn build(
     table: &mut InodeTable,
     snapshots: &[(SnapshotId, Snapshot)],
     mount_time: Timestamp,
+    incoming: Option<u64>,
 ) {
     let names = folder_names(snapshots);
     let newest = |members: &[usize]| {
@@ -117,6 +121,9 @@ pub(super) fn build(
         top.push((name.to_vec(), dir));
     }
 
+    if let Some(ino) = incoming {
+        top.push((INCOMING_NAME.to_vec(), ino));
+    }
     finish_dir(table, root, b"", top, newest(&all));
 }
 
@@ -266,6 +273,7 @@ mod tests {
                 secs: 999,
                 nanos: 0,
             },
+            None,
         );
 
         let root = dir(&table, ROOT_INO);
@@ -309,7 +317,7 @@ mod tests {
     fn build_gives_each_location_its_own_folder_inode() {
         let list = vec![(id(1), snapshot(100, "alpha", &["t"]))];
         let mut table = InodeTable::default();
-        build(&mut table, &list, Timestamp::default());
+        build(&mut table, &list, Timestamp::default(), None);
         let root = dir(&table, ROOT_INO);
         let by_name =
             dir(&table, root.find(b"snapshots").unwrap()).find(b"1970-01-01T00-01-40Z_ab010000");
@@ -326,9 +334,21 @@ mod tests {
     }
 
     #[test]
+    fn build_lists_incoming_when_given() {
+        let mut table = InodeTable::default();
+        build(&mut table, &[], Timestamp::default(), Some(1 << 48));
+        let root = dir(&table, ROOT_INO);
+        assert_eq!(
+            names(&root),
+            ["hosts", "ids", "incoming", "snapshots", "tags"]
+        );
+        assert_eq!(root.find(b"incoming"), Some(1 << 48));
+    }
+
+    #[test]
     fn build_without_snapshots() {
         let mut table = InodeTable::default();
-        build(&mut table, &[], Timestamp { secs: 5, nanos: 0 });
+        build(&mut table, &[], Timestamp { secs: 5, nanos: 0 }, None);
         let root = dir(&table, ROOT_INO);
         let snapshots = dir(&table, root.find(b"snapshots").unwrap());
         assert!(snapshots.entries.is_empty());

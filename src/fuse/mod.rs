@@ -8,7 +8,12 @@
 //! /ids/<full id>/                 the same snapshots, by full id
 //! /hosts/<hostname>/<time>_<short id>/
 //! /tags/<tag>/<time>_<short id>/
+//! /incoming/                      writable, with [`mount_write_through`] only
 //! ```
+//!
+//! `incoming/` and its saving as a snapshot at unmount are described in the
+//! `overlay` module and in `docs/mount.md`. Everything below refers to the
+//! read-only folders.
 //!
 //! `<time>` is the snapshot time in UTC as `YYYY-MM-DDTHH-MM-SSZ`. The snapshot
 //! list is read once, at mount time. A tree is loaded the first time its
@@ -33,14 +38,16 @@
 //!   distinct error is logged once at error level. No read ever returns bytes
 //!   that were not verified against their chunk id.
 //! - Any change (write, create, rename, chmod, setxattr and so on): EROFS. The
-//!   file system is also mounted with the `ro` option, so the kernel rejects
-//!   most changes before they get here.
+//!   file system is also mounted with the `ro` option, unless `incoming/` is
+//!   served, so the kernel rejects most changes before they get here. A rename
+//!   or hard link between `incoming/` and a snapshot folder: EXDEV.
 //! - A missing extended attribute: ENODATA. A buffer that is too small: ERANGE.
 
 mod content;
 mod fs;
 mod inode;
 mod layout;
+mod overlay;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +62,8 @@ use signal_hook::consts::signal::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use self::overlay::Overlay;
+pub use self::overlay::{CommitOutcome, WRITE_THROUGH_TAG, WriteThroughOptions};
 use crate::repository::Repository;
 
 /// Settings of a mount.
@@ -98,21 +107,122 @@ pub fn mount(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> anyhow::Result<()> {
-    let mountpoint = mountpoint
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let snapshots = repo
+        .readable_snapshots()
+        .with_context(|| format!("failed to list the snapshots of {}", repo.location()))?;
+    serve(repo, &mountpoint, options, snapshots, None)
+}
+
+/// Mounts like [`mount`], and adds the writable folder `incoming/`, which
+/// starts as the root tree of the parent snapshot (by default the latest).
+/// Holds a shared repository lock while mounted. After the unmount, saves a
+/// snapshot of `incoming/` tagged [`WRITE_THROUGH_TAG`] if anything in it
+/// changed, and returns it in the outcome.
+///
+/// File content written to `incoming/` is stored in the repository when the
+/// last writer closes the file. A process killed before the unmount saves no
+/// snapshot. The packs it wrote stay unreferenced until a prune, and the next
+/// backup or write-through mount indexes them and reuses their chunks.
+pub fn mount_write_through(
+    repo: Arc<Repository>,
+    mountpoint: &Path,
+    options: &MountOptions,
+    write_options: &WriteThroughOptions,
+) -> anyhow::Result<CommitOutcome> {
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let lock = repo.lock_shared("mount --write-through", write_options.lock_wait)?;
+
+    // As in a backup: blobs deleted by a prune that finished before the lock
+    // was taken must not be deduplicated against, so the index is read again.
+    repo.load_index()?;
+    let adopted = repo.index_unindexed_packs()?;
+    if adopted > 0 {
+        info!("indexed {adopted} packs left by an interrupted backup or mount");
+    }
+
+    let snapshots = repo
+        .readable_snapshots()
+        .with_context(|| format!("failed to list the snapshots of {}", repo.location()))?;
+    let parent = match write_options.parent {
+        Some(id) => Some((id, repo.load_snapshot(&id)?)),
+        None => snapshots.last().cloned(),
+    };
+    let owner = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let mut overlay = Arc::new(
+        Overlay::new(
+            repo.clone(),
+            parent,
+            write_options.staging_dir.as_deref(),
+            owner,
+        )
+        .context("failed to set up incoming/")?,
+    );
+    info!(
+        staging = %overlay.staging_path().display(),
+        parent = ?overlay.parent_id().map(|id| id.short()),
+        "incoming/ is writable"
+    );
+
+    let served = serve(
+        repo.clone(),
+        &mountpoint,
+        options,
+        snapshots,
+        Some(overlay.clone()),
+    );
+    // Runs after a failed session too: whatever was written is stored.
+    let committed = overlay.commit(&lock);
+    if let Some(overlay) = Arc::get_mut(&mut overlay)
+        && let Err(e) = overlay.remove_staging_dir()
+    {
+        warn!("failed to remove the staging directory: {e}");
+    }
+    drop(lock);
+    if let (Err(e), Ok(outcome)) = (&served, &committed)
+        && let Some((id, _)) = &outcome.saved
+    {
+        warn!("the FUSE session failed ({e:#}), but snapshot {id} was saved");
+    }
+    served?;
+    Ok(committed?)
+}
+
+fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let canonical = mountpoint
         .canonicalize()
         .with_context(|| format!("mount point {} not found", mountpoint.display()))?;
-    if !mountpoint.is_dir() {
-        anyhow::bail!("mount point {} is not a directory", mountpoint.display());
+    if !canonical.is_dir() {
+        anyhow::bail!("mount point {} is not a directory", canonical.display());
     }
-    let snapshots = repo
-        .snapshots()
-        .with_context(|| format!("failed to list the snapshots of {}", repo.location()))?;
+    Ok(canonical)
+}
+
+/// Mounts the file system and serves requests until it is unmounted.
+fn serve(
+    repo: Arc<Repository>,
+    mountpoint: &Path,
+    options: &MountOptions,
+    snapshots: Vec<(crate::id::SnapshotId, crate::snapshot::Snapshot)>,
+    incoming: Option<Arc<Overlay>>,
+) -> anyhow::Result<()> {
+    let mountpoint = mountpoint.to_path_buf();
     let snapshot_count = snapshots.len();
-    let filesystem = fs::CairnFs::new(repo.clone(), snapshots, options)?;
+    let writable = incoming.is_some();
+    let filesystem = fs::CairnFs::new(repo.clone(), snapshots, options, incoming)?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        MountOption::RO,
+        // A write-through mount is writable for `incoming/`. The callbacks
+        // reject changes everywhere else with EROFS.
+        if writable {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::FSName("cairn".into()),
         MountOption::Subtype("cairn".into()),
         MountOption::DefaultPermissions,
@@ -145,9 +255,16 @@ pub fn mount(
     // path a second time when the session ends.
     let unmounter = session.unmount_callable();
     let watched = mountpoint.clone();
+    // The thread hands `signals` back instead of dropping it: dropping closes
+    // the socket that `signal_handle.close()` writes to, and that write would
+    // then raise SIGPIPE, which `main` leaves at its default action (exit).
     let watcher = std::thread::Builder::new()
         .name("cairn-signals".into())
-        .spawn(move || unmount_on_signal(signals, unmounter, &watched))
+        .spawn(move || {
+            let mut signals = signals;
+            unmount_on_signal(&mut signals, unmounter, &watched);
+            signals
+        })
         .context("failed to start the signal thread")?;
 
     // NOTE: after an external `umount`, fuser 0.18.0 tries to unmount the path
@@ -156,8 +273,9 @@ pub fn mount(
     // live mount is inverted. The extra attempt has no effect.
     let result = session.run();
     signal_handle.close();
-    if watcher.join().is_err() {
-        warn!("the signal thread panicked");
+    match watcher.join() {
+        Ok(signals) => drop(signals),
+        Err(_) => warn!("the signal thread panicked"),
     }
     result.with_context(|| format!("FUSE session at {} failed", mountpoint.display()))?;
     info!(mountpoint = %mountpoint.display(), "unmounted");
@@ -167,7 +285,7 @@ pub fn mount(
 /// Unmounts `mountpoint` on each SIGINT or SIGTERM until an unmount succeeds
 /// or the signal handle is closed. A busy mount stays mounted and is retried on
 /// the next signal.
-fn unmount_on_signal(mut signals: Signals, unmounter: SessionUnmounter, mountpoint: &Path) {
+fn unmount_on_signal(signals: &mut Signals, unmounter: SessionUnmounter, mountpoint: &Path) {
     let mut unmounter = Some(unmounter);
     for signal in signals.forever() {
         info!(signal, mountpoint = %mountpoint.display(), "signal received, unmounting");

@@ -5,24 +5,37 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::debug;
 
-use super::{CairnFs, DirEntries, LIST_BATCH, OpenFile, SEQUENTIAL_WINDOW};
+use super::{CairnFs, DirEntries, LIST_BATCH, ListedEntry, OpenFile, SEQUENTIAL_WINDOW};
 use crate::fuse::content::FileContent;
 use crate::fuse::inode::{BLOCK_SIZE, InodeKind, ttl};
 use crate::tree::NodeKind;
 
+impl CairnFs {
+    /// Returns the attributes and cache lifetime of a listed entry.
+    fn listed_attr(&self, entry: &ListedEntry) -> Result<(FileAttr, Duration), Errno> {
+        match &entry.inode {
+            Some(inode) => Ok((self.attr(entry.ino, inode), ttl(inode))),
+            None => {
+                let overlay = self.incoming(entry.ino).ok_or(Errno::ENOENT)?;
+                Ok((self.incoming_attr(overlay)?, Duration::from_secs(1)))
+            }
+        }
+    }
+}
+
 /// Sends an extended attribute value or name list, or its size for a probe
 /// with `size` 0, or ERANGE when it does not fit in `size`.
-fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+pub(super) fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
     let Ok(len) = u32::try_from(value.len()) else {
         reply.error(Errno::E2BIG);
         return;
@@ -56,6 +69,9 @@ impl Filesystem for CairnFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(overlay) = self.incoming(parent.0) {
+            return self.incoming_lookup(overlay, parent.0, name, reply);
+        }
         let name = name.as_bytes();
         let ino = match self.dir_entries(parent.0) {
             Ok(DirEntries::Virtual(dir)) => dir.find(name),
@@ -73,6 +89,12 @@ impl Filesystem for CairnFs {
         let Some(ino) = ino else {
             return reply.error(Errno::ENOENT);
         };
+        if let Some(overlay) = self.incoming(ino) {
+            return match self.incoming_attr(overlay) {
+                Ok(attr) => reply.entry(&Duration::from_secs(1), &attr, Generation(0)),
+                Err(errno) => reply.error(errno),
+            };
+        }
         match self.inode(ino) {
             Ok(inode) => reply.entry(&ttl(&inode), &self.attr(ino, &inode), Generation(0)),
             Err(errno) => reply.error(errno),
@@ -80,6 +102,9 @@ impl Filesystem for CairnFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_getattr(overlay, ino.0, reply);
+        }
         match self.inode(ino.0) {
             Ok(inode) => reply.attr(&ttl(&inode), &self.attr(ino.0, &inode)),
             Err(errno) => reply.error(errno),
@@ -87,6 +112,9 @@ impl Filesystem for CairnFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_readlink(overlay, ino.0, reply);
+        }
         let inode = match self.inode(ino.0) {
             Ok(inode) => inode,
             Err(errno) => return reply.error(errno),
@@ -102,6 +130,9 @@ impl Filesystem for CairnFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_open(overlay, ino.0, flags, reply);
+        }
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
@@ -161,6 +192,9 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_read(overlay, ino.0, offset, size, reply);
+        }
         let file = match self.file(fh) {
             Ok(file) => file,
             Err(errno) => return reply.error(errno),
@@ -174,7 +208,7 @@ impl Filesystem for CairnFs {
         if sequential && end > offset {
             self.prefetch_after(&file, end - 1);
         }
-        match self.read_range(ino.0, &file, offset, size) {
+        match self.read_range(ino.0, &file.content, offset, size) {
             Ok(bytes) => reply.data(bytes.as_slice()),
             Err(errno) => reply.error(errno),
         }
@@ -183,13 +217,17 @@ impl Filesystem for CairnFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            self.incoming_release(overlay, ino.0, fh);
+            return reply.ok();
+        }
         self.files.write().expect("open file lock").remove(&fh.0);
         reply.ok();
     }
@@ -205,7 +243,24 @@ impl Filesystem for CairnFs {
         reply.ok();
     }
 
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.incoming(ino.0) {
+            Some(overlay) => self.incoming_fsync(overlay, ino.0, reply),
+            None => reply.ok(),
+        }
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_opendir(overlay, ino.0, reply);
+        }
         match self.dir_entries(ino.0) {
             // Snapshot directories never change, so the kernel may keep their listing.
             Ok(DirEntries::Tree(_)) => reply.opened(
@@ -225,6 +280,9 @@ impl Filesystem for CairnFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_readdir(overlay, ino.0, offset, reply);
+        }
         let mut position = usize::try_from(offset).unwrap_or(usize::MAX);
         loop {
             let list = match self.list(ino.0, position, LIST_BATCH) {
@@ -236,7 +294,10 @@ impl Filesystem for CairnFs {
             }
             position += list.len();
             for entry in &list {
-                let kind = self.file_type(&entry.inode);
+                let kind = match &entry.inode {
+                    Some(inode) => self.file_type(inode),
+                    None => FileType::Directory,
+                };
                 if reply.add(
                     INodeNo(entry.ino),
                     entry.offset,
@@ -258,6 +319,9 @@ impl Filesystem for CairnFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_readdirplus(overlay, ino.0, offset, reply);
+        }
         let mut position = usize::try_from(offset).unwrap_or(usize::MAX);
         loop {
             let list = match self.list(ino.0, position, LIST_BATCH) {
@@ -269,13 +333,16 @@ impl Filesystem for CairnFs {
             }
             position += list.len();
             for entry in &list {
-                let attr = self.attr(entry.ino, &entry.inode);
+                let (attr, ttl) = match self.listed_attr(entry) {
+                    Ok(found) => found,
+                    Err(errno) => return reply.error(errno),
+                };
                 let name = OsStr::from_bytes(&entry.name);
                 if reply.add(
                     INodeNo(entry.ino),
                     entry.offset,
                     name,
-                    &ttl(&entry.inode),
+                    &ttl,
                     &attr,
                     Generation(0),
                 ) {
@@ -286,13 +353,32 @@ impl Filesystem for CairnFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        // `incoming/` reports the space of its staging directory, where
+        // written data waits until it is stored.
+        if let Some(overlay) = self.incoming(ino.0)
+            && let Ok(stat) = nix::sys::statvfs::statvfs(overlay.staging_path())
+        {
+            return reply.statfs(
+                stat.blocks(),
+                stat.blocks_free(),
+                stat.blocks_available(),
+                stat.files(),
+                stat.files_free(),
+                stat.block_size() as u32,
+                255,
+                stat.fragment_size() as u32,
+            );
+        }
         let blocks = self.stored_bytes.div_ceil(u64::from(BLOCK_SIZE));
         let files = self.inodes.read().expect("inode table lock").len() as u64;
         reply.statfs(blocks, 0, 0, files, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_getxattr(overlay, ino.0, name, size, reply);
+        }
         match self.xattrs(ino.0) {
             Ok(xattrs) => match xattrs.iter().find(|x| x.name == name.as_bytes()) {
                 Some(xattr) => reply_xattr(reply, size, &xattr.value),
@@ -303,6 +389,9 @@ impl Filesystem for CairnFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_listxattr(overlay, ino.0, size, reply);
+        }
         match self.xattrs(ino.0) {
             Ok(xattrs) => {
                 let mut names = Vec::new();
@@ -319,12 +408,15 @@ impl Filesystem for CairnFs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        if let Some(overlay) = self.incoming(ino.0) {
+            return self.incoming_lseek(overlay, ino.0, offset, whence, reply);
+        }
         let file = match self.file(fh) {
             Ok(file) => file,
             Err(errno) => return reply.error(errno),
@@ -344,18 +436,19 @@ impl Filesystem for CairnFs {
         }
     }
 
-    // Every change is rejected: the mount is read-only.
+    // Changes below `incoming/` go to its callbacks. Every other change is
+    // rejected: the rest of the mount is read-only.
 
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -364,133 +457,187 @@ impl Filesystem for CairnFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(ino.0) {
+            Some(overlay) => {
+                self.incoming_setattr(overlay, ino.0, mode, uid, gid, size, mtime, reply)
+            }
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn mknod(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(parent.0) {
+            Some(overlay) => {
+                self.incoming_mknod(overlay, req, parent.0, name, mode, umask, rdev, reply)
+            }
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(parent.0) {
+            Some(overlay) => self.incoming_mkdir(overlay, req, parent.0, name, mode, umask, reply),
+            None => reply.error(Errno::EROFS),
+        }
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.incoming(parent.0) {
+            Some(overlay) => self.incoming_unlink(overlay, parent.0, name, reply),
+            None => reply.error(Errno::EROFS),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.incoming(parent.0) {
+            Some(overlay) => self.incoming_rmdir(overlay, parent.0, name, reply),
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(parent.0) {
+            Some(overlay) => {
+                self.incoming_symlink(overlay, req, parent.0, link_name, target, reply)
+            }
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        match (self.incoming(parent.0), self.incoming(newparent.0)) {
+            (Some(overlay), Some(_)) => {
+                self.incoming_rename(overlay, parent.0, name, newparent.0, newname, flags, reply)
+            }
+            // Between `incoming/` and a snapshot, as between two file systems.
+            (Some(_), None) | (None, Some(_)) => reply.error(Errno::EXDEV),
+            (None, None) => reply.error(Errno::EROFS),
+        }
     }
 
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        match (self.incoming(ino.0), self.incoming(newparent.0)) {
+            (Some(overlay), Some(_)) => {
+                self.incoming_link(overlay, ino.0, newparent.0, newname, reply)
+            }
+            (Some(_), None) | (None, Some(_)) => reply.error(Errno::EXDEV),
+            (None, None) => reply.error(Errno::EROFS),
+        }
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(ino.0) {
+            Some(overlay) => self.incoming_write(overlay, ino.0, fh, offset, data, reply),
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(ino.0) {
+            Some(overlay) => self.incoming_setxattr(overlay, ino.0, name, value, flags, reply),
+            None => reply.error(Errno::EROFS),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.incoming(ino.0) {
+            Some(overlay) => self.incoming_removexattr(overlay, ino.0, name, reply),
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(parent.0) {
+            Some(overlay) => {
+                self.incoming_create(overlay, req, parent.0, name, mode, umask, flags, reply)
+            }
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        match self.incoming(ino.0) {
+            Some(overlay) => self.incoming_fallocate(overlay, ino.0, offset, length, mode, reply),
+            None => reply.error(Errno::EROFS),
+        }
     }
 
     fn copy_file_range(
@@ -499,13 +646,17 @@ impl Filesystem for CairnFs {
         _ino_in: INodeNo,
         _fh_in: FileHandle,
         _offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         _fh_out: FileHandle,
         _offset_out: u64,
         _len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        // ENOSYS makes the kernel copy into `incoming/` with reads and writes.
+        match self.incoming(ino_out.0) {
+            Some(_) => reply.error(Errno::ENOSYS),
+            None => reply.error(Errno::EROFS),
+        }
     }
 }
