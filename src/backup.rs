@@ -4,6 +4,9 @@
 //! only be stored once all its entries are known. File content is read and chunked
 //! on the calling thread too; compression and encryption of new chunks run on a
 //! pool of worker threads that feed the pack writer.
+//!
+//! [`backup_stream`] stores a single stream, such as standard input or a
+//! database dump, as one file of a snapshot, through the same writer.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -11,14 +14,16 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, bounded};
 
 use crate::display::escape_path;
-use crate::id::{ChunkId, SnapshotId};
+use crate::exclude::{ExcludeReason, Excludes};
+use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::meta::{self, NameCache, ShortPath};
+use crate::progress::Progress;
 use crate::repository::pack::BlobKind;
 use crate::repository::{BlobWriter, RepoError, Repository};
 use crate::snapshot::{BackupSummary, Snapshot};
@@ -41,6 +46,14 @@ pub struct BackupOptions {
     pub threads: usize,
     /// How long to wait for an exclusive lock (a running prune) to go away.
     pub lock_wait: std::time::Duration,
+    /// Entries to leave out.
+    pub excludes: Excludes,
+    /// Stay on the file system of each backed-up path: a directory on another
+    /// file system (a mount point) is stored empty, and other entries on another
+    /// file system are left out.
+    pub one_file_system: bool,
+    /// Counters of files done and bytes read, for a progress display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// An entry that could not be backed up.
@@ -59,8 +72,11 @@ pub struct BackupOutcome {
     pub id: SnapshotId,
     /// The new snapshot.
     pub snapshot: Snapshot,
-    /// Entries left out, each with its reason.
+    /// Entries that could not be read, each with its reason.
     pub errors: Vec<EntryError>,
+    /// Entries left out by exclude rules or `one_file_system`. Entries below an
+    /// excluded directory are not listed, so they are not counted.
+    pub excluded: u64,
 }
 
 /// Makes a path absolute and removes `.` and `..` components without resolving
@@ -94,10 +110,6 @@ pub fn backup(
     paths: &[PathBuf],
     options: &BackupOptions,
 ) -> Result<BackupOutcome, RepoError> {
-    let started = Instant::now();
-    let time = options.time.unwrap_or_else(Timestamp::now);
-    let hostname = options.hostname.clone().unwrap_or_else(local_hostname);
-
     let mut absolute = Vec::new();
     for path in paths {
         absolute.push(absolute_path(path)?);
@@ -108,6 +120,58 @@ pub fn backup(
         .iter()
         .map(|p| p.as_os_str().as_bytes().to_vec())
         .collect();
+    run_backup(repo, path_bytes, options, |walker, parent_tree| {
+        walker.backup_roots(&absolute, parent_tree)
+    })
+}
+
+/// Backs up everything `reader` returns as one file named `name`, stored at
+/// `/name` in a new snapshot whose only path is `/name`.
+///
+/// The file gets mode 0600, the effective user and group of this process and the
+/// current time as its modification time. The stream is chunked as it is read,
+/// so only a few chunks are in memory at a time. Any read error, such as the
+/// failure that [`crate::stream::CommandStream`] reports for a command that exited
+/// unsuccessfully, aborts the run before a snapshot is written. Chunks stored
+/// until then stay in the repository, where later backups reuse them and `prune`
+/// deletes them if none does.
+pub fn backup_stream(
+    repo: &Repository,
+    name: &str,
+    reader: &mut dyn Read,
+    options: &BackupOptions,
+) -> Result<BackupOutcome, RepoError> {
+    validate_stream_name(name)?;
+    let path_bytes = vec![format!("/{name}").into_bytes()];
+    run_backup(repo, path_bytes, options, |walker, _| {
+        walker.backup_stream(name.as_bytes(), reader)
+    })
+}
+
+/// Rejects names that cannot be a single entry of the root directory.
+fn validate_stream_name(name: &str) -> Result<(), RepoError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(RepoError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "invalid file name {name:?} for the stream: give a plain name without `/`, such as db.sql"
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// Takes the lock, runs `walk` with a walker and a pool of seal workers, and
+/// saves the snapshot of the tree it returns. Nothing is saved if `walk` fails.
+fn run_backup(
+    repo: &Repository,
+    path_bytes: Vec<Vec<u8>>,
+    options: &BackupOptions,
+    walk: impl FnOnce(&mut Walker<'_, '_>, Option<&TreeId>) -> Result<TreeId, RepoError>,
+) -> Result<BackupOutcome, RepoError> {
+    let started = Instant::now();
+    let time = options.time.unwrap_or_else(Timestamp::now);
+    let hostname = options.hostname.clone().unwrap_or_else(local_hostname);
 
     let lock = repo.lock_shared("backup", options.lock_wait)?;
     // Blobs deleted by a prune that finished before the lock was taken must not
@@ -146,15 +210,21 @@ pub fn backup(
             failure: &failure,
             names: NameCache::default(),
             force: options.force,
+            excludes: &options.excludes,
+            one_file_system: options.one_file_system,
+            device: None,
+            progress: options.progress.as_deref(),
             summary: BackupSummary::default(),
             errors: Vec::new(),
+            excluded: 0,
             buffer: Vec::new(),
         };
-        let root = walker.backup_roots(&absolute, parent_tree.as_ref());
+        let root = walk(&mut walker, parent_tree.as_ref());
         let Walker {
             sender,
             summary,
             errors,
+            excluded,
             ..
         } = walker;
         drop(sender);
@@ -164,9 +234,9 @@ pub fn backup(
         if let Some(e) = failure.lock().expect("failure lock").take() {
             return Err(e);
         }
-        root.map(|tree| (tree, summary, errors))
+        root.map(|tree| (tree, summary, errors, excluded))
     });
-    let (tree, mut summary, errors) = walker_result?;
+    let (tree, mut summary, errors, excluded) = walker_result?;
 
     let mut bytes_added = writer.finish()?;
     summary.errors = errors.len() as u64;
@@ -194,6 +264,7 @@ pub fn backup(
         id,
         snapshot,
         errors,
+        excluded,
     })
 }
 
@@ -259,8 +330,14 @@ struct Walker<'a, 'w> {
     failure: &'w Mutex<Option<RepoError>>,
     names: NameCache,
     force: bool,
+    excludes: &'w Excludes,
+    one_file_system: bool,
+    /// Device of the backed-up path being walked, set with `one_file_system`.
+    device: Option<u64>,
+    progress: Option<&'w Progress>,
     summary: BackupSummary,
     errors: Vec<EntryError>,
+    excluded: u64,
     buffer: Vec<u8>,
 }
 
@@ -282,6 +359,7 @@ impl Walker<'_, '_> {
         }
         if skeleton.is_root {
             // `cairn backup /`: the root directory's entries form the root tree.
+            self.device = fs::symlink_metadata("/").ok().map(|md| md.dev());
             return self.backup_dir_contents(Path::new("/"), parent);
         }
         self.backup_skeleton(Path::new("/"), &skeleton, parent)
@@ -299,7 +377,8 @@ impl Walker<'_, '_> {
             let path = dir.join(std::ffi::OsStr::from_bytes(name));
             let parent_node = parent_tree.as_ref().and_then(|t| t.find(name)).cloned();
             if child.is_root {
-                if let Some(node) = self.backup_entry(&path, name, parent_node.as_ref())? {
+                self.device = None;
+                if let Some(node) = self.backup_entry(&path, name, parent_node.as_ref(), true)? {
                     nodes.push(node);
                 }
                 continue;
@@ -360,12 +439,57 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
-    /// Backs up one entry; `Ok(None)` means it was skipped and reported.
+    fn exclude(&mut self, path: &Path, reason: ExcludeReason) {
+        tracing::debug!(
+            "excluded {}: {reason}",
+            escape_path(path.as_os_str().as_bytes())
+        );
+        self.excluded += 1;
+    }
+
+    /// Returns why an entry is left out, if it is. `is_root` marks a backed-up
+    /// path, whose ancestors are checked against the patterns too; `short` is the
+    /// entry's path for system calls.
+    fn exclusion(
+        &mut self,
+        path: &Path,
+        short: &Path,
+        md: &fs::Metadata,
+        is_root: bool,
+    ) -> Option<ExcludeReason> {
+        let is_dir = md.is_dir();
+        if !self.excludes.is_empty() {
+            let by_pattern = if is_root {
+                self.excludes.match_pattern_or_parent(path, is_dir)
+            } else {
+                self.excludes.match_pattern(path, is_dir)
+            };
+            if by_pattern.is_some() {
+                return by_pattern;
+            }
+            if is_dir && let Some(reason) = self.excludes.match_directory(short) {
+                return Some(reason);
+            }
+        }
+        if self.one_file_system {
+            let device = *self.device.get_or_insert(md.dev());
+            // A directory on another file system is a mount point: it is kept, but
+            // empty (see `backup_entry`).
+            if md.dev() != device && !is_dir {
+                return Some(ExcludeReason::OtherFileSystem);
+            }
+        }
+        None
+    }
+
+    /// Backs up one entry; `Ok(None)` means it was skipped: reported as an error,
+    /// or excluded.
     fn backup_entry(
         &mut self,
         path: &Path,
         name: &[u8],
         parent: Option<&Node>,
+        is_root: bool,
     ) -> Result<Option<Node>, RepoError> {
         // The short path (and any ancestor descriptor it holds) is dropped before
         // descending, so deep trees do not pile up open descriptors.
@@ -384,6 +508,10 @@ impl Walker<'_, '_> {
                     return Ok(None);
                 }
             };
+            if let Some(reason) = self.exclusion(path, short.path(), &md, is_root) {
+                self.exclude(path, reason);
+                return Ok(None);
+            }
             let Some(kind) = meta::node_kind(&md) else {
                 self.report(path, "unknown file type");
                 return Ok(None);
@@ -402,6 +530,16 @@ impl Walker<'_, '_> {
         };
 
         match kind {
+            NodeKind::Dir if self.one_file_system && Some(node.dev) != self.device => {
+                // A mount point below a backed-up path, stored empty like restic
+                // does, so that a restore recreates the directory to mount on.
+                tracing::debug!(
+                    "not descending into {}: another file system",
+                    escape_path(path.as_os_str().as_bytes())
+                );
+                self.summary.dirs += 1;
+                node.subtree = Some(self.writer.store_tree(&Tree::default())?);
+            }
             NodeKind::Dir => {
                 self.summary.dirs += 1;
                 let parent_sub = parent
@@ -424,6 +562,7 @@ impl Walker<'_, '_> {
                     node.content = old.content.clone();
                     self.summary.files_unchanged += 1;
                     self.summary.total_bytes += node.size;
+                    self.count_file_done();
                     return Ok(Some(node));
                 }
                 match self.read_file(path, &mut node) {
@@ -440,10 +579,47 @@ impl Walker<'_, '_> {
                     self.summary.files_new += 1;
                 }
                 self.summary.total_bytes += node.size;
+                self.count_file_done();
             }
             NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice => {}
         }
         Ok(Some(node))
+    }
+
+    fn count_file_done(&self) {
+        if let Some(progress) = self.progress {
+            progress.add_items(1);
+        }
+    }
+
+    /// Stores the stream as the only entry of the root tree.
+    fn backup_stream(&mut self, name: &[u8], reader: &mut dyn Read) -> Result<TreeId, RepoError> {
+        let now = Timestamp::now();
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let mut node = Node::new(name.to_vec(), NodeKind::File);
+        node.mode = 0o600;
+        node.uid = uid;
+        node.gid = gid;
+        node.user = self.names.user(uid);
+        node.group = self.names.group(gid);
+        node.mtime = now;
+        node.ctime = now;
+
+        let mut content = Vec::new();
+        let bytes = match self.chunk_stream(reader, &mut content) {
+            Ok(bytes) => bytes,
+            Err(ReadError::Source(e)) => return Err(RepoError::Io(e)),
+            Err(ReadError::Repo(e)) => return Err(e),
+        };
+        self.check_failure()?;
+        node.size = bytes;
+        node.content = content;
+        self.summary.bytes_read += bytes;
+        self.summary.total_bytes += bytes;
+        self.summary.files_new += 1;
+        self.count_file_done();
+        self.writer.store_tree(&Tree { nodes: vec![node] })
     }
 
     /// True when the file's metadata matches the parent's and all its chunks are
@@ -489,7 +665,7 @@ impl Walker<'_, '_> {
             self.check_failure()?;
             let child = path.join(std::ffi::OsStr::from_bytes(&name));
             let parent_node = parent_tree.as_ref().and_then(|t| t.find(&name));
-            if let Some(node) = self.backup_entry(&child, &name, parent_node)? {
+            if let Some(node) = self.backup_entry(&child, &name, parent_node, false)? {
                 nodes.push(node);
             }
         }
@@ -596,11 +772,15 @@ impl Walker<'_, '_> {
         let repo = self.repo;
         let writer = self.writer;
         let sender = &self.sender;
+        let progress = self.progress;
         let mut repo_error = None;
         let read = repo
             .chunker()
             .chunk_reader_with_buffer(reader, &mut self.buffer, |chunk| {
                 let id = repo.keys().chunk_id(chunk);
+                if let Some(progress) = progress {
+                    progress.add_bytes(chunk.len() as u64);
+                }
                 content.push(Extent::Data {
                     id,
                     len: chunk.len() as u32,

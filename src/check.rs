@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use crate::display::escape_path;
 use crate::id::{PackId, SnapshotId, TreeId};
+use crate::progress::Progress;
 use crate::repository::pack::{BlobKind, decode_pack};
 use crate::repository::{RepoError, Repository, pack_path};
 use crate::tree::{Extent, NodeKind};
@@ -98,6 +99,16 @@ pub struct CheckReport {
 /// Checks the repository. Problems are collected in the report, not returned as
 /// errors; an `Err` means the check itself could not run.
 pub fn check(repo: &Repository, options: CheckOptions) -> Result<CheckReport, RepoError> {
+    check_with_progress(repo, options, &Progress::default())
+}
+
+/// Checks like [`check`] and counts packs read, then snapshots walked, in
+/// `progress`, each step with its total.
+pub fn check_with_progress(
+    repo: &Repository,
+    options: CheckOptions,
+    progress: &Progress,
+) -> Result<CheckReport, RepoError> {
     let mut report = CheckReport::default();
 
     for id in repo.list_index_files()? {
@@ -132,14 +143,20 @@ pub fn check(repo: &Repository, options: CheckOptions) -> Result<CheckReport, Re
             .filter(|p| options.read_data.selects(p))
             .copied()
             .collect();
-        let (problems, bad) = read_packs(repo, &selected);
+        progress.start_phase("reading packs");
+        progress.set_total_items(selected.len() as u64);
+        let (problems, bad) = read_packs(repo, &selected, Some(progress));
         report.packs_read = selected.len();
         report.problems.extend(problems);
         bad_blobs.extend(bad);
     }
 
     let mut seen_trees = HashMap::new();
-    for id in repo.list_snapshot_ids()? {
+    let snapshot_ids = repo.list_snapshot_ids()?;
+    progress.start_phase("checking snapshots");
+    progress.set_total_items(snapshot_ids.len() as u64);
+    for id in snapshot_ids {
+        progress.add_items(1);
         match repo.load_snapshot(&id) {
             Ok(snapshot) => {
                 report.snapshots += 1;
@@ -164,11 +181,12 @@ pub fn check(repo: &Repository, options: CheckOptions) -> Result<CheckReport, Re
 pub(crate) fn read_packs(
     repo: &Repository,
     packs: &HashSet<PackId>,
+    progress: Option<&Progress>,
 ) -> (Vec<String>, HashSet<[u8; 32]>) {
     let problems = Mutex::new(Vec::new());
     let bad = Mutex::new(HashSet::new());
     let packs: Vec<&PackId> = packs.iter().collect();
-    packs.par_iter().for_each(|pack| {
+    let check_pack = |pack: &PackId| {
         let mark_all_bad = |reason: String| {
             problems
                 .lock()
@@ -177,7 +195,7 @@ pub(crate) fn read_packs(
             let index = repo.index();
             let mut bad = bad.lock().expect("lock");
             for (id, location) in index.iter() {
-                if location.pack == **pack {
+                if location.pack == *pack {
                     bad.insert(id);
                 }
             }
@@ -190,6 +208,9 @@ pub(crate) fn read_packs(
             problems.lock().expect("lock").push(format!(
                 "pack {pack}: contents do not match its name (damaged)"
             ));
+        }
+        if let Some(progress) = progress {
+            progress.add_bytes(bytes.len() as u64);
         }
         let entries = match decode_pack(repo.keys(), &bytes) {
             Ok(entries) => entries,
@@ -223,6 +244,12 @@ pub(crate) fn read_packs(
                 ));
                 bad.lock().expect("lock").insert(entry.id);
             }
+        }
+    };
+    packs.par_iter().for_each(|pack| {
+        check_pack(pack);
+        if let Some(progress) = progress {
+            progress.add_items(1);
         }
     });
     (

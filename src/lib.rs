@@ -1,19 +1,24 @@
 //! cairn: encrypted, deduplicated backups that mount as ordinary directory trees.
 
 pub mod backup;
+pub mod calendar;
 pub mod check;
 pub mod chunker;
 pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod diff;
 pub mod display;
+pub mod exclude;
 pub mod fuse;
 pub mod id;
 pub mod meta;
+pub mod progress;
 pub mod prune;
 pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
+pub mod stream;
 pub mod tree;

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::id::{PackId, TreeId};
+use crate::progress::Progress;
 use crate::repository::index::IndexRecord;
 use crate::repository::pack::PackEntry;
 use crate::repository::{RepoError, Repository, pack_path};
@@ -67,11 +68,22 @@ pub struct PruneReport {
 
 /// Removes unused data; see the module documentation for the order of steps.
 pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport, RepoError> {
+    prune_with_progress(repo, options, &Progress::default())
+}
+
+/// Prunes like [`prune`] and counts trees marked, packs repacked and packs
+/// deleted in `progress`, one step after the other.
+pub fn prune_with_progress(
+    repo: &Repository,
+    options: &PruneOptions,
+    progress: &Progress,
+) -> Result<PruneReport, RepoError> {
     let lock = repo.lock_exclusive("prune", options.lock_wait)?;
     repo.load_index()?;
     let mut report = PruneReport::default();
 
-    let used = mark(repo)?;
+    progress.start_phase("marking used trees");
+    let used = mark(repo, progress)?;
     let old_index_files = repo.list_index_files()?;
     let stored_packs: HashSet<PackId> = repo.list_packs()?.into_iter().collect();
 
@@ -138,8 +150,12 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport, R
     // Step 2: sealed blobs do not depend on their pack, so they are copied as
     // they are, without decrypting.
     let writer = repo.blob_writer();
+    progress.start_phase("repacking");
+    progress.set_total_items(repack.len() as u64);
     for (pack, entries) in &repack {
         let bytes = repo.backend().read(&pack_path(pack))?;
+        progress.add_items(1);
+        progress.add_bytes(bytes.len() as u64);
         for entry in entries {
             let start = entry.offset as usize;
             let end = start + entry.len as usize;
@@ -182,7 +198,10 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport, R
     }
 
     // Step 4.
+    progress.start_phase("deleting packs");
+    progress.set_total_items((gone.len() + unindexed.len()) as u64);
     for pack in gone.iter().chain(&unindexed) {
+        progress.add_items(1);
         let path = pack_path(pack);
         report.bytes_freed += repo.backend().size(&path).unwrap_or(0);
         repo.backend().remove(&path)?;
@@ -194,7 +213,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport, R
 }
 
 /// Collects the ids of every tree and chunk reachable from any snapshot.
-fn mark(repo: &Repository) -> Result<HashSet<[u8; 32]>, RepoError> {
+fn mark(repo: &Repository, progress: &Progress) -> Result<HashSet<[u8; 32]>, RepoError> {
     let mut used = HashSet::new();
     let mut pending: Vec<TreeId> = Vec::new();
     for (_, snapshot) in repo.snapshots()? {
@@ -205,6 +224,7 @@ fn mark(repo: &Repository) -> Result<HashSet<[u8; 32]>, RepoError> {
             continue;
         }
         let tree = repo.load_tree(&id)?;
+        progress.add_items(1);
         for node in &tree.nodes {
             match node.kind {
                 NodeKind::Dir => pending.extend(node.subtree),

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use crate::display::escape_path;
 use crate::id::TreeId;
 use crate::meta::{self, ShortPath};
+use crate::progress::Progress;
 use crate::repository::{RepoError, Repository};
 use crate::tree::{Extent, Node, NodeKind};
 
@@ -59,6 +60,18 @@ pub fn restore(
     root: &TreeId,
     target: &Path,
     options: &RestoreOptions,
+) -> Result<RestoreOutcome, RepoError> {
+    restore_with_progress(repo, root, target, options, &Progress::default())
+}
+
+/// Restores like [`restore`] and counts files and bytes written in `progress`,
+/// whose totals are set once the snapshot's tree has been read.
+pub fn restore_with_progress(
+    repo: &Repository,
+    root: &TreeId,
+    target: &Path,
+    options: &RestoreOptions,
+    progress: &Progress,
 ) -> Result<RestoreOutcome, RepoError> {
     fs::create_dir_all(target)?;
     let includes: Vec<Vec<u8>> = options
@@ -110,6 +123,16 @@ pub fn restore(
         }
     }
 
+    progress.set_total_items(plan.files.len() as u64);
+    progress.set_total_bytes(
+        plan.files
+            .iter()
+            .flat_map(|(_, node)| &node.content)
+            .filter(|extent| matches!(extent, Extent::Data { .. }))
+            .map(Extent::len)
+            .sum(),
+    );
+
     let outcome = Mutex::new(RestoreOutcome::default());
     let fail = |path: &Path, reason: String| {
         let escaped = escape_path(path.as_os_str().as_bytes());
@@ -131,12 +154,12 @@ pub fn restore(
 
     let bytes = AtomicU64::new(0);
     let files_done = AtomicU64::new(0);
-    plan.files
-        .par_iter()
-        .for_each(|(path, node)| match restore_file(repo, path, node) {
+    plan.files.par_iter().for_each(
+        |(path, node)| match restore_file(repo, path, node, progress) {
             Ok(written) => {
                 bytes.fetch_add(written, Ordering::Relaxed);
                 files_done.fetch_add(1, Ordering::Relaxed);
+                progress.add_items(1);
                 if let Err(e) = set_metadata(path, node) {
                     fail(path, format!("metadata not restored: {e}"));
                 }
@@ -146,7 +169,8 @@ pub fn restore(
                 let _ = remove_existing(path);
                 fail(path, e.to_string());
             }
-        });
+        },
+    );
 
     let mut others = 0;
     for (path, node) in &plan.others {
@@ -287,7 +311,12 @@ fn remove_existing(path: &Path) -> io::Result<()> {
     }
 }
 
-fn restore_file(repo: &Repository, path: &Path, node: &Node) -> Result<u64, RepoError> {
+fn restore_file(
+    repo: &Repository,
+    path: &Path,
+    node: &Node,
+    progress: &Progress,
+) -> Result<u64, RepoError> {
     remove_existing(path)?;
     let short = ShortPath::new(path)?;
     let path = short.path();
@@ -310,6 +339,7 @@ fn restore_file(repo: &Repository, path: &Path, node: &Node) -> Result<u64, Repo
                 }
                 file.write_all(&data)?;
                 written += data.len() as u64;
+                progress.add_bytes(data.len() as u64);
             }
             Extent::Hole { len } => {
                 file.seek(SeekFrom::Current(*len as i64))?;

@@ -1,18 +1,59 @@
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 
+use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_INCOMPLETE, EXIT_OK, open};
-use crate::backup::{BackupOptions, backup};
+use crate::backup::{BackupOptions, BackupOutcome, backup, backup_stream};
 use crate::display::escape_path;
+use crate::exclude::{ExcludeOptions, Excludes};
+use crate::stream::CommandStream;
 use crate::tree::Timestamp;
 
 #[derive(Debug, Args)]
+#[command(after_help = BACKUP_HELP)]
 pub struct BackupArgs {
-    /// Files and directories to back up.
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
+    /// Files and directories to back up; with --stdin-from-command, the command
+    /// and its arguments, after `--`.
+    #[arg(
+        value_name = "PATH",
+        required_unless_present = "stdin",
+        conflicts_with = "stdin"
+    )]
+    paths: Vec<OsString>,
+    /// Leave out entries that match this gitignore-style pattern (repeatable);
+    /// see below for the rules.
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    excludes: Vec<String>,
+    /// Read exclude patterns from FILE, one per line; blank lines and lines that
+    /// start with `#` are skipped (repeatable).
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    exclude_files: Vec<PathBuf>,
+    /// Leave out every directory that contains an entry named NAME, such as
+    /// .nobackup (repeatable).
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    exclude_if_present: Vec<OsString>,
+    /// Leave out directories that contain a CACHEDIR.TAG file starting with the
+    /// signature of the Cache Directory Tagging Specification.
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Do not cross into other file systems: a mount point below a given path is
+    /// stored as an empty directory.
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+    /// Back up standard input as one file, stored at /NAME (see --stdin-filename).
+    #[arg(long, conflicts_with = "stdin_from_command")]
+    stdin: bool,
+    /// Run the command given after `--` and back up its standard output as one
+    /// file. If the command exits with a status other than 0, the backup fails
+    /// and saves no snapshot.
+    #[arg(long)]
+    stdin_from_command: bool,
+    /// File name of the --stdin or --stdin-from-command stream in the snapshot.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_STDIN_FILENAME)]
+    stdin_filename: String,
     /// Label the snapshot (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -32,10 +73,28 @@ pub struct BackupArgs {
     /// Seconds to wait while a prune holds the repository lock.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     lock_wait: u64,
-    /// Print the summary as one JSON object.
+    /// Print the summary as one JSON object with "type": "summary", and no
+    /// progress bar.
     #[arg(long)]
     json: bool,
 }
+
+/// File name of a stream in the snapshot when --stdin-filename is not given.
+const DEFAULT_STDIN_FILENAME: &str = "stdin";
+
+const BACKUP_HELP: &str = "\
+Exclude patterns follow gitignore(5), applied to absolute paths as if the
+.gitignore were in /:
+  *.o              a name without `/` matches at any depth
+  /srv/tmp/**      a pattern with a leading or inner `/` is anchored at /
+  **/node_modules  `**` matches any number of directories
+  build/           a trailing `/` matches directories only
+  !keep.log        re-includes what an earlier pattern excluded
+Excluded entries are not errors and do not change the exit code.
+
+Database dumps without temporary files:
+  cairn backup --stdin-from-command --stdin-filename db.sql -- pg_dump mydb
+  pg_dump mydb | cairn backup --stdin --stdin-filename db.sql";
 
 pub fn parse_time(text: &str) -> anyhow::Result<Timestamp> {
     let parsed = chrono::DateTime::parse_from_rfc3339(text)
@@ -53,11 +112,37 @@ pub fn parse_time(text: &str) -> anyhow::Result<Timestamp> {
 }
 
 pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
+    let streaming = args.stdin || args.stdin_from_command;
+    if streaming
+        && (!args.excludes.is_empty()
+            || !args.exclude_files.is_empty()
+            || !args.exclude_if_present.is_empty()
+            || args.exclude_caches
+            || args.one_file_system)
+    {
+        bail!(
+            "exclude options and --one-file-system apply to paths, not to --stdin or --stdin-from-command"
+        );
+    }
+    if !streaming && args.stdin_filename != DEFAULT_STDIN_FILENAME {
+        bail!("--stdin-filename applies only with --stdin or --stdin-from-command");
+    }
+    if args.stdin_from_command && args.paths.is_empty() {
+        bail!("--stdin-from-command needs a command after `--`, such as `-- pg_dump mydb`");
+    }
+    let excludes = Excludes::new(&ExcludeOptions {
+        patterns: args.excludes.clone(),
+        pattern_files: args.exclude_files.clone(),
+        if_present: args.exclude_if_present.clone(),
+        caches: args.exclude_caches,
+    })?;
+
     let repo = open(cli)?;
     let parent = match &args.parent {
         Some(spec) => Some(repo.find_snapshot(spec)?.0),
         None => None,
     };
+    let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("files"));
     let options = BackupOptions {
         tags: args.tags.clone(),
         time: args.time.as_deref().map(parse_time).transpose()?,
@@ -66,40 +151,36 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
         force: args.force,
         threads: 0,
         lock_wait: std::time::Duration::from_secs(args.lock_wait),
+        excludes,
+        one_file_system: args.one_file_system,
+        progress: Some(progress),
     };
-    let outcome = backup(&repo, &args.paths, &options)?;
-    let s = &outcome.snapshot.summary;
-    if args.json {
-        let json = serde_json::json!({
-            "snapshot": outcome.id.to_hex(),
-            "parent": outcome.snapshot.parent.map(|p| p.to_hex()),
-            "files_new": s.files_new,
-            "files_changed": s.files_changed,
-            "files_unchanged": s.files_unchanged,
-            "dirs": s.dirs,
-            "bytes_read": s.bytes_read,
-            "bytes_added": s.bytes_added,
-            "total_bytes": s.total_bytes,
-            "duration_ms": s.duration_ms,
-            "errors": outcome.errors.iter().map(|e| serde_json::json!({
-                "path": escape_path(&e.path),
-                "reason": e.reason,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{json}");
-    } else if !cli.quiet {
-        println!(
-            "files: {} new, {} changed, {} unchanged; {} directories",
-            s.files_new, s.files_changed, s.files_unchanged, s.dirs
-        );
-        println!(
-            "read {}, added {} to the repository, in {:.1} s",
-            human_bytes(s.bytes_read),
-            human_bytes(s.bytes_added),
-            s.duration_ms as f64 / 1000.0
-        );
-        println!("snapshot {} saved", outcome.id.short());
+    let mut command_stderr = None;
+    let outcome = if args.stdin {
+        let mut stdin = std::io::stdin().lock();
+        backup_stream(&repo, &args.stdin_filename, &mut stdin, &options)?
+    } else if args.stdin_from_command {
+        let mut stream = CommandStream::spawn(&args.paths)?;
+        let outcome = backup_stream(&repo, &args.stdin_filename, &mut stream, &options)?;
+        command_stderr = Some((stream.command_line().to_string(), stream.stderr_tail()));
+        outcome
+    } else {
+        let paths: Vec<PathBuf> = args.paths.iter().map(PathBuf::from).collect();
+        backup(&repo, &paths, &options)?
+    };
+    if let Some(display) = display {
+        display.finish();
     }
+    if let Some((command_line, tail)) = command_stderr
+        && !tail.trim().is_empty()
+        && !cli.quiet
+    {
+        eprintln!(
+            "warning: `{command_line}` succeeded but wrote to standard error:\n{}",
+            tail.trim_end()
+        );
+    }
+    print_summary(cli, args, &outcome)?;
     if outcome.errors.is_empty() {
         Ok(EXIT_OK)
     } else {
@@ -110,6 +191,50 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
         );
         Ok(EXIT_INCOMPLETE)
     }
+}
+
+fn print_summary(cli: &Cli, args: &BackupArgs, outcome: &BackupOutcome) -> anyhow::Result<()> {
+    let s = &outcome.snapshot.summary;
+    if args.json {
+        let json = serde_json::json!({
+            "type": "summary",
+            "snapshot": outcome.id.to_hex(),
+            "parent": outcome.snapshot.parent.map(|p| p.to_hex()),
+            "paths": outcome.snapshot.paths_lossy(),
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unchanged": s.files_unchanged,
+            "dirs": s.dirs,
+            "excluded": outcome.excluded,
+            "bytes_read": s.bytes_read,
+            "bytes_added": s.bytes_added,
+            "total_bytes": s.total_bytes,
+            "duration_ms": s.duration_ms,
+            "errors": outcome.errors.iter().map(|e| serde_json::json!({
+                "path": escape_path(&e.path),
+                "reason": e.reason,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string(&json)?);
+    } else if !cli.quiet {
+        let excluded = if outcome.excluded > 0 {
+            format!("; {} entries excluded", outcome.excluded)
+        } else {
+            String::new()
+        };
+        println!(
+            "files: {} new, {} changed, {} unchanged; {} directories{excluded}",
+            s.files_new, s.files_changed, s.files_unchanged, s.dirs
+        );
+        println!(
+            "read {}, added {} to the repository, in {:.1} s",
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_added),
+            s.duration_ms as f64 / 1000.0
+        );
+        println!("snapshot {} saved", outcome.id.short());
+    }
+    Ok(())
 }
 
 /// Formats a byte count with a binary unit, such as `1.5 MiB`.

@@ -1,7 +1,8 @@
 use clap::Args;
 
+use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_FAILURE, EXIT_OK, open};
-use crate::check::{CheckOptions, ReadData, check};
+use crate::check::{CheckOptions, CheckReport, ReadData, check_with_progress};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -12,6 +13,10 @@ pub struct CheckArgs {
     /// n of m (running 1/m to m/m over m days reads everything once).
     #[arg(long, value_name = "N% | n/m", value_parser = ReadData::parse_subset)]
     read_data_subset: Option<ReadData>,
+    /// Print the result as one JSON object with "type": "summary", and no
+    /// progress bar.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
@@ -21,7 +26,38 @@ pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
         (false, Some(subset)) => subset,
         (false, None) => ReadData::None,
     };
-    let report = check(&repo, CheckOptions { read_data })?;
+    let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("items"));
+    let report = check_with_progress(&repo, CheckOptions { read_data }, &progress)?;
+    if let Some(display) = display {
+        display.finish();
+    }
+    let healthy = report.problems.is_empty() && report.damaged_files.is_empty();
+    if args.json {
+        print_json(&report, healthy)?;
+    } else {
+        print_text(cli, &report, read_data, healthy);
+    }
+    Ok(if healthy { EXIT_OK } else { EXIT_FAILURE })
+}
+
+fn print_json(report: &CheckReport, healthy: bool) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "type": "summary",
+        "ok": healthy,
+        "snapshots": report.snapshots,
+        "trees": report.trees,
+        "blobs": report.blobs,
+        "packs": report.packs,
+        "packs_read": report.packs_read,
+        "problems": report.problems,
+        "damaged_files": report.damaged_files,
+    });
+    println!("{}", serde_json::to_string(&json)?);
+    Ok(())
+}
+
+/// Prints problems and damaged files always, and the counts unless `-q` is given.
+fn print_text(cli: &Cli, report: &CheckReport, read_data: ReadData, healthy: bool) {
     for problem in &report.problems {
         println!("error: {problem}");
     }
@@ -30,6 +66,9 @@ pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
         for line in &report.damaged_files {
             println!("  {line}");
         }
+    }
+    if cli.quiet {
+        return;
     }
     println!(
         "checked {} snapshots, {} trees, {} blobs in {} packs{}",
@@ -43,11 +82,9 @@ pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
             String::new()
         }
     );
-    if report.problems.is_empty() && report.damaged_files.is_empty() {
+    if healthy {
         println!("no errors found");
-        Ok(EXIT_OK)
     } else {
         println!("the repository has errors");
-        Ok(EXIT_FAILURE)
     }
 }

@@ -193,13 +193,14 @@ fn forget_named(cli: &Cli, args: &ForgetArgs) -> anyhow::Result<i32> {
     let prune_report = run_prune(&repo, args, &ids)?;
     if args.json {
         let json = serde_json::json!({
+            "type": "summary",
             "dry_run": args.dry_run,
             "policy": null,
             "groups": [],
             "remove": ids.iter().map(SnapshotId::to_hex).collect::<Vec<_>>(),
             "prune": prune_report.as_ref().map(prune_json),
         });
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", serde_json::to_string(&json)?);
     } else {
         print_totals(args, ids.len(), prune_report.as_ref());
     }
@@ -441,17 +442,18 @@ fn print_policy_json(
         })
         .collect();
     let json = serde_json::json!({
+        "type": "summary",
         "dry_run": args.dry_run,
         "policy": policy.to_string(),
         "groups": groups,
         "remove": to_remove.iter().map(SnapshotId::to_hex).collect::<Vec<_>>(),
         "prune": prune_report.map(prune_json),
     });
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    println!("{}", serde_json::to_string(&json)?);
     Ok(())
 }
 
-fn prune_json(report: &PruneReport) -> serde_json::Value {
+pub(super) fn prune_json(report: &PruneReport) -> serde_json::Value {
     serde_json::json!({
         "used_blobs": report.used_blobs,
         "unused_blobs": report.unused_blobs,

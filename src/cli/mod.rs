@@ -3,11 +3,14 @@
 
 mod backup;
 mod check;
+mod config;
 mod diff;
 mod forget;
+mod generate;
 mod key;
 mod ls;
 mod mount;
+mod progress;
 mod prune;
 mod repair;
 mod restore;
@@ -37,7 +40,7 @@ pub const EXIT_WRONG_PASSWORD: i32 = 12;
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0   success
-  1   failure (the error message says what failed)
+  1   failure (the error message says what failed), also invalid usage
   3   backup incomplete: some files could not be read; the snapshot holds the rest
   10  no repository at the given location
   11  repository locked by another process
@@ -64,6 +67,16 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Configuration file of `run`, `config check` and `schedule install`.
+    #[arg(
+        long,
+        env = "CAIRN_CONFIG",
+        global = true,
+        value_name = "FILE",
+        default_value = crate::config::DEFAULT_CONFIG_PATH
+    )]
+    pub config: PathBuf,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -84,7 +97,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List the paths that differ between two snapshots.
     Diff(diff::DiffArgs),
-    /// Mount all snapshots read-only at a directory.
+    /// Mount all snapshots read-only at a directory, plus a writable
+    /// `incoming/` with --write-through.
     Mount(mount::MountArgs),
     /// Verify the repository's structure, and optionally all data.
     Check(check::CheckArgs),
@@ -98,6 +112,17 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Remove stale locks left by processes that were killed.
     Unlock(unlock::UnlockArgs),
+    /// Back up a dataset of the configuration file and apply its retention
+    /// policy.
+    Run(config::RunArgs),
+    /// Check the configuration file.
+    Config(config::ConfigArgs),
+    /// Install systemd timers or print crontab lines for scheduled datasets.
+    Schedule(config::ScheduleArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or PowerShell.
+    Completions(generate::CompletionsArgs),
+    /// Write manual pages generated from this help text.
+    Man(generate::ManArgs),
 }
 
 /// Sets up `tracing` from `-v`/`-q` and `RUST_LOG`.
@@ -146,6 +171,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Key(args) => key::run(&cli, args),
         Command::Repair(args) => repair::run(&cli, args),
         Command::Unlock(args) => unlock::run(&cli, args),
+        Command::Run(args) => config::run_dataset(&cli, args),
+        Command::Config(args) => config::run_config(&cli, args),
+        Command::Schedule(args) => config::run_schedule(&cli, args),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man(args) => generate::man(&cli, args),
     }
 }
 

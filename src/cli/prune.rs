@@ -1,8 +1,10 @@
 use clap::Args;
 
 use super::backup::human_bytes;
+use super::forget::prune_json;
+use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_OK, open};
-use crate::prune::{PruneOptions, PruneReport, prune};
+use crate::prune::{PruneOptions, PruneReport, prune_with_progress};
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
@@ -15,6 +17,10 @@ pub struct PruneArgs {
     /// Seconds to wait for running backups to release the repository.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     lock_wait: u64,
+    /// Print the report as one JSON object with "type": "summary", and no
+    /// progress bar.
+    #[arg(long)]
+    json: bool,
 }
 
 impl PruneArgs {
@@ -53,7 +59,18 @@ pub fn print_report(report: &PruneReport, dry_run: bool) {
 
 pub fn run(cli: &Cli, args: &PruneArgs) -> anyhow::Result<i32> {
     let repo = open(cli)?;
-    let report = prune(&repo, &args.options())?;
-    print_report(&report, args.dry_run);
+    let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("items"));
+    let report = prune_with_progress(&repo, &args.options(), &progress)?;
+    if let Some(display) = display {
+        display.finish();
+    }
+    if args.json {
+        let mut json = prune_json(&report);
+        json["type"] = "summary".into();
+        json["dry_run"] = args.dry_run.into();
+        println!("{}", serde_json::to_string(&json)?);
+    } else if !cli.quiet {
+        print_report(&report, args.dry_run);
+    }
     Ok(EXIT_OK)
 }

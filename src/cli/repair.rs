@@ -54,7 +54,7 @@ pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
         RepairCommand::Snapshots { read_data, forget } => {
             let bad = if *read_data {
                 let packs: HashSet<_> = repo.list_packs()?.into_iter().collect();
-                let (problems, bad) = read_packs(&repo, &packs);
+                let (problems, bad) = read_packs(&repo, &packs, None);
                 for problem in problems {
                     println!("found: {problem}");
                 }

@@ -3,8 +3,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::backup::human_bytes;
+use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_FAILURE, EXIT_OK, open};
-use crate::restore::{RestoreOptions, restore};
+use crate::display::escape_path;
+use crate::restore::{RestoreOptions, restore_with_progress};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -16,6 +18,10 @@ pub struct RestoreArgs {
     /// Restore only this absolute snapshot path and what lies below it (repeatable).
     #[arg(long = "include")]
     includes: Vec<PathBuf>,
+    /// Print the summary as one JSON object with "type": "summary", and no
+    /// progress bar.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
@@ -24,8 +30,27 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
     let options = RestoreOptions {
         includes: args.includes.clone(),
     };
-    let outcome = restore(&repo, &snapshot.tree, &args.target, &options)?;
-    if !cli.quiet {
+    let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("files"));
+    let outcome = restore_with_progress(&repo, &snapshot.tree, &args.target, &options, &progress)?;
+    if let Some(display) = display {
+        display.finish();
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "type": "summary",
+            "snapshot": id.to_hex(),
+            "target": args.target.display().to_string(),
+            "files": outcome.files,
+            "dirs": outcome.dirs,
+            "others": outcome.others,
+            "bytes": outcome.bytes,
+            "errors": outcome.errors.iter().map(|(path, reason)| serde_json::json!({
+                "path": escape_path(path),
+                "reason": reason,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string(&json)?);
+    } else if !cli.quiet {
         println!(
             "restored snapshot {} to {}: {} files ({}), {} directories, {} other entries",
             id.short(),

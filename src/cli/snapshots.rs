@@ -4,7 +4,7 @@ use super::{Cli, EXIT_OK, open};
 
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
-    /// Print a JSON array of snapshot objects.
+    /// Print a JSON array of snapshot objects on one line.
     #[arg(long)]
     json: bool,
 }
@@ -39,7 +39,7 @@ pub fn run(cli: &Cli, args: &SnapshotsArgs) -> anyhow::Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", serde_json::to_string(&list)?);
         return Ok(EXIT_OK);
     }
     println!(

@@ -356,6 +356,11 @@ impl Repository {
                     }
                 }
                 Err(e @ RepoError::Damaged { .. }) => tracing::warn!("{e}"),
+                // A prune replaced the index files between listing and reading; its
+                // new files, listed next time, hold the same blobs.
+                Err(RepoError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!("index file {id} vanished while reading: {e}");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -453,7 +458,15 @@ impl Repository {
             BlobKind::Chunk => format!("chunk {}", hex::encode(&id[..4])),
             BlobKind::Tree => format!("tree {}", hex::encode(&id[..4])),
         };
-        let mut location = self.locate(id, &what)?;
+        let mut location = match self.locate(id, &what) {
+            Ok(location) => location,
+            // The index may have been read while a prune swapped index files.
+            Err(RepoError::Missing(_)) => {
+                self.load_index()?;
+                self.locate(id, &what)?
+            }
+            Err(e) => return Err(e),
+        };
         let mut read = self.read_sealed(&location);
         if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
             // A prune may have repacked the blob since the index was loaded. It
