@@ -19,4 +19,5 @@ mod listing;
 mod read_only;
 mod reads;
 mod round_trip;
+mod two_paths;
 mod views;
