@@ -35,7 +35,7 @@ fi
 
 log "building cairn"
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin cairn --example primitive_speed
-cairn=$here/target/release/cairn
+cairn=${CARGO_TARGET_DIR:-$here/target}/release/cairn
 
 rm -rf "$WORK"; mkdir -p "$WORK"
 cp -a "$DATA/src" "$WORK/src"       # the copy is changed between runs
@@ -124,7 +124,7 @@ primitives() {
   cat "$DATA"/big/*.bin "$DATA"/big/*.tar > /dev/null
   end=$(date +%s.%N)
   echo "disk-read $(echo "1572864000 / ($end - $start) / 1000000" | bc) MB/s"
-  "$here/target/release/examples/primitive_speed" "$DATA"/big/random.bin "$DATA"/big/bins.bin
+  "${CARGO_TARGET_DIR:-$here/target}/release/examples/primitive_speed" "$DATA"/big/random.bin "$DATA"/big/bins.bin
 }
 
 log "measuring primitives"

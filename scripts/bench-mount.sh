@@ -30,7 +30,7 @@ command -v restic >/dev/null && command -v borg >/dev/null && command -v fusermo
 [[ -f $DATA/big/random.bin ]] || DATA=$DATA bash "$make_data"
 
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin cairn
-cairn=$here/target/release/cairn
+cairn=${CARGO_TARGET_DIR:-$here/target}/release/cairn
 
 mountpoint_dir=$WORK/mnt
 cleanup() {

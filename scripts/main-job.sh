@@ -35,7 +35,7 @@ fi
 
 step "building cairn (release)"
 cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-cairn=$here/target/release/cairn
+cairn=${CARGO_TARGET_DIR:-$here/target}/release/cairn
 
 export CAIRN_REPO=$work/repo
 export CAIRN_PASSWORD_FILE=$work/password

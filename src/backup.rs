@@ -112,7 +112,17 @@ pub fn backup(
 ) -> Result<BackupOutcome, RepoError> {
     let mut absolute = Vec::new();
     for path in paths {
-        absolute.push(absolute_path(path)?);
+        let path = absolute_path(path)?;
+        // A path given on the command line that does not exist is a mistake, not
+        // a file that vanished: saving a snapshot without it would make an empty
+        // or partial snapshot the latest one.
+        if let Err(e) = ShortPath::new(&path).and_then(|p| fs::symlink_metadata(p.path())) {
+            return Err(RepoError::Source(format!(
+                "cannot back up {}: {e}; check the path (no snapshot was saved)",
+                escape_path(path.as_os_str().as_bytes())
+            )));
+        }
+        absolute.push(path);
     }
     absolute.sort();
     absolute.dedup();

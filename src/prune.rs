@@ -143,7 +143,11 @@ pub fn prune_with_progress(
     report.packs_deleted = delete.len() as u64;
     report.packs_repacked = repack.len() as u64;
     report.packs_unindexed = unindexed.len() as u64;
-    if options.dry_run || (delete.is_empty() && repack.is_empty() && unindexed.is_empty()) {
+    if options.dry_run {
+        return Ok(report);
+    }
+    if delete.is_empty() && repack.is_empty() && unindexed.is_empty() {
+        remove_temporary_files(repo);
         return Ok(report);
     }
 

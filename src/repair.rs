@@ -116,6 +116,12 @@ pub fn repair_snapshots(
     for (old, mut snapshot, tree, damaged) in pending {
         snapshot.tree = tree;
         snapshot.parent = Some(old);
+        // One nanosecond later than the damaged original, so that `latest` and
+        // every listing order the repaired copy after it.
+        snapshot.time = crate::tree::Timestamp {
+            secs: snapshot.time.secs + i64::from(snapshot.time.nanos == 999_999_999),
+            nanos: (snapshot.time.nanos + 1) % 1_000_000_000,
+        };
         if !snapshot.tags.iter().any(|t| t == "repaired") {
             snapshot.tags.push("repaired".into());
         }

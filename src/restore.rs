@@ -73,7 +73,6 @@ pub fn restore_with_progress(
     options: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreOutcome, RepoError> {
-    fs::create_dir_all(target)?;
     let includes: Vec<Vec<u8>> = options
         .includes
         .iter()
@@ -116,12 +115,13 @@ pub fn restore_with_progress(
             .chain(plan.links.iter().map(|(path, _)| path))
             .any(|path| *path == wanted);
         if !planned && include.as_slice() != b"/" {
-            return Err(RepoError::Missing(format!(
-                "{} in the snapshot (run `cairn ls SNAPSHOT` to list its paths)",
+            return Err(RepoError::SnapshotSpec(format!(
+                "--include {} is not in the snapshot: run `cairn ls SNAPSHOT` to list its paths",
                 escape_path(include)
             )));
         }
     }
+    fs::create_dir_all(target)?;
 
     progress.set_total_items(plan.files.len() as u64);
     progress.set_total_bytes(

@@ -7,12 +7,11 @@
 //! because one mounts a tmpfs and another switches to user `nobody` with
 //! `setpriv`.
 //!
-//! Run them with `cargo test --release --test durability`, which took about
-//! 3.5 minutes on a 2-core machine. A debug build restores and checks only
-//! about 12 MB/s there, because the AES code that cairn instantiates is
-//! compiled without optimization. Debug builds (as `cargo test --all-targets`
-//! makes) therefore use data sets about a quarter as large, see [`FULL_SIZE`],
-//! and took about 7 minutes on the same machine.
+//! Run them with `cargo test --test durability`. Debug and release builds take
+//! about the same time, 2.5 to 4 minutes on a 2-core machine, because
+//! Cargo.toml compiles cairn with opt-level 1 in debug builds too. Without that
+//! setting, a debug build restores and checks only about 12 MB/s, and this file
+//! takes far longer.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -40,10 +39,6 @@ const NOBODY: u32 = 65534;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
-
-/// True in release builds, which get the full data sets. Debug builds get
-/// smaller ones, so that the whole file stays within minutes there too.
-const FULL_SIZE: bool = !cfg!(debug_assertions);
 
 // ---------------------------------------------------------------------------
 // Running the binary
@@ -302,8 +297,8 @@ fn restored_path(target: &Path, path: &Path) -> PathBuf {
     target.join(path.strip_prefix("/").expect("snapshot paths are absolute"))
 }
 
-/// Sends SIGKILL to a child unless it has already exited, and waits for it.
-/// Returns true if the signal ended it, false if it had exited by itself.
+/// Sends SIGKILL to a child and waits for it. Returns whether the signal ended
+/// it, and its output. A child that had already exited must have exited 0.
 fn kill_and_wait(child: Child, command_name: &str) -> (bool, Output) {
     let pid = Pid::from_raw(child.id() as i32);
     // The child is not reaped before `wait_with_output`, so its pid cannot have
@@ -615,30 +610,22 @@ fn backup_survives_repeated_kills() {
     let base_packs = pack_files(&fixture.repo).len();
     let base_pack_bytes = pack_bytes(&fixture.repo);
 
-    // About 190 MB in release builds and 40 MB in debug builds.
-    let spec = if FULL_SIZE {
-        TreeSpec {
-            small_files: 2000,
-            small_max: 20 * KIB,
-            big_files: [5, 7, 9, 11, 12, 13, 14, 16, 17, 18, 19, 20]
-                .iter()
-                .map(|m| m * MIB)
-                .collect(),
-        }
-    } else {
-        TreeSpec {
-            small_files: 2000,
-            small_max: 4 * KIB,
-            big_files: [6, 9, 14, 5].iter().map(|m| m * MIB).collect(),
-        }
+    // About 190 MB.
+    let spec = TreeSpec {
+        small_files: 2000,
+        small_max: 20 * KIB,
+        big_files: [5, 7, 9, 11, 12, 13, 14, 16, 17, 18, 19, 20]
+            .iter()
+            .map(|m| m * MIB)
+            .collect(),
     };
     let src = fixture.path("src");
     write_tree(&src, &spec, 2);
 
     // A clean backup in a repository of its own gives the pack count to compare
     // with and the durations that the kill delays are drawn from. `full` is the
-    // duration of a backup that stores everything, and `reread` that of one
-    // that reads everything but stores nothing new.
+    // duration of a backup that stores everything. `reread` is the duration of
+    // a backup that reads everything but stores nothing new.
     let reference = Fixture::new();
     let started = Instant::now();
     reference.backup(&[&src], &[]);
@@ -720,20 +707,12 @@ fn kill_during_prune_leaves_readable_repository() {
     const KILLS: u32 = 10;
     const VERSIONS: u64 = 8;
     let fixture = Fixture::new();
-    // About 26 MB per snapshot in release builds and 10 MB in debug builds,
-    // with about a fifth new in each version, in several packs.
-    let spec = if FULL_SIZE {
-        TreeSpec {
-            small_files: 400,
-            small_max: 20 * KIB,
-            big_files: vec![4 * MIB, 6 * MIB, 5 * MIB, 7 * MIB],
-        }
-    } else {
-        TreeSpec {
-            small_files: 200,
-            small_max: 8 * KIB,
-            big_files: vec![2 * MIB, 3 * MIB, 2 * MIB, 2 * MIB],
-        }
+    // About 26 MB per snapshot, with about a fifth new in each version, in
+    // several packs.
+    let spec = TreeSpec {
+        small_files: 400,
+        small_max: 20 * KIB,
+        big_files: vec![4 * MIB, 6 * MIB, 5 * MIB, 7 * MIB],
     };
     let src = fixture.path("src");
     write_tree(&src, &spec, 3);
@@ -830,18 +809,10 @@ fn kill_during_prune_leaves_readable_repository() {
 fn concurrent_backups_and_prune_keep_all_snapshots() {
     const ROUNDS: u64 = 3;
     let fixture = Fixture::new();
-    let spec = if FULL_SIZE {
-        TreeSpec {
-            small_files: 400,
-            small_max: 20 * KIB,
-            big_files: vec![6 * MIB, 9 * MIB],
-        }
-    } else {
-        TreeSpec {
-            small_files: 200,
-            small_max: 8 * KIB,
-            big_files: vec![2 * MIB, 3 * MIB],
-        }
+    let spec = TreeSpec {
+        small_files: 400,
+        small_max: 20 * KIB,
+        big_files: vec![6 * MIB, 9 * MIB],
     };
     let first = fixture.path("first");
     let second = fixture.path("second");
@@ -928,11 +899,7 @@ fn big_tree_spec() -> TreeSpec {
     TreeSpec {
         small_files: 1000,
         small_max: 8 * KIB,
-        big_files: if FULL_SIZE {
-            vec![16 * MIB, 16 * MIB, 16 * MIB]
-        } else {
-            vec![8 * MIB, 8 * MIB]
-        },
+        big_files: vec![16 * MIB, 16 * MIB, 16 * MIB],
     }
 }
 

@@ -42,6 +42,24 @@ pub struct MountArgs {
     lock_wait: u64,
 }
 
+/// Rejects a mount point that is missing, not a directory, or not empty, because
+/// mounting over files hides them.
+fn check_mountpoint(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut entries = std::fs::read_dir(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot use {} as mount point: {e}; create an empty directory first",
+            path.display()
+        )
+    })?;
+    if entries.next().is_some() {
+        anyhow::bail!(
+            "mount point {} is not empty: mounting would hide its files; use an empty directory",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
     let repo = Arc::new(open(cli)?);
     let options = MountOptions {
@@ -50,6 +68,7 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         cache_bytes: args.cache_size << 20,
         ..MountOptions::default()
     };
+    check_mountpoint(&args.mountpoint)?;
     if !cli.quiet {
         eprintln!(
             "mounting {} at {}; unmount with `fusermount3 -u {}` or Ctrl-C",
@@ -59,7 +78,11 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         );
     }
     if !args.write_through {
-        mount(repo, &args.mountpoint, &options)?;
+        // A prune while mounted would delete data that the mount still shows, so
+        // the mount holds a shared lock and prune waits until it is unmounted.
+        let lock = repo.lock_shared("mount", std::time::Duration::from_secs(args.lock_wait))?;
+        mount(repo.clone(), &args.mountpoint, &options)?;
+        drop(lock);
         return Ok(EXIT_OK);
     }
 

@@ -182,7 +182,11 @@ impl Backend for LocalBackend {
                 let entry = entry?;
                 let path = entry.path();
                 if entry.file_type()?.is_dir() {
-                    dirs.push(path);
+                    // Processes waiting for a lock keep writing lock files while
+                    // the exclusive lock is held, so locks/ is left alone.
+                    if path != self.root.join("locks") {
+                        dirs.push(path);
+                    }
                 } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
                     fs::remove_file(&path).map_err(|e| with_path(e, &path))?;
                     removed += 1;

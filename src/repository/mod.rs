@@ -53,7 +53,7 @@ pub const MAX_CHUNK_LEN: usize = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     /// A file could not be read or written.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The directory holds no repository.
     #[error("no cairn repository at {0}: run `cairn init` first, or check --repo")]
@@ -105,6 +105,9 @@ pub enum RepoError {
     /// This process's own lock lapsed, so it must not commit.
     #[error("lost the repository lock ({0}); nothing was committed, run the command again")]
     LockLost(String),
+    /// A path to back up cannot be used.
+    #[error("{0}")]
+    Source(String),
     /// A key slot operation was rejected.
     #[error("{0}")]
     KeySlot(String),
