@@ -40,7 +40,7 @@ pub struct BackupOptions {
     pub hostname: Option<String>,
     /// Parent snapshot instead of the latest one with the same host and paths.
     pub parent: Option<SnapshotId>,
-    /// Read every file even when its metadata says it is unchanged.
+    /// Read every file, also those whose metadata shows no change.
     pub force: bool,
     /// Worker threads for compression and encryption; 0 means one per core.
     pub threads: usize,

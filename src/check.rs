@@ -12,7 +12,7 @@ use crate::repository::pack::{BlobKind, decode_pack};
 use crate::repository::{RepoError, Repository, pack_path};
 use crate::tree::{Extent, NodeKind};
 
-/// Which packs a check reads in full.
+/// Selection of the packs a check reads in full.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum ReadData {
     /// None: structure only.
@@ -73,11 +73,11 @@ impl ReadData {
 /// Settings of a check.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CheckOptions {
-    /// Which packs to read and verify blob by blob.
+    /// Packs to read and verify blob by blob.
     pub read_data: ReadData,
 }
 
-/// What a check found.
+/// Findings of a check.
 #[derive(Debug, Default)]
 pub struct CheckReport {
     /// Snapshots checked.

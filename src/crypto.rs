@@ -33,8 +33,8 @@ pub const SEAL_HEADER_LEN: usize = 1 + 16 + 12;
 /// Bytes a sealed object adds to its payload: header and tag.
 pub const SEAL_OVERHEAD: usize = SEAL_HEADER_LEN + 16;
 
-/// What a sealed object is; part of the associated data, so that an object of one
-/// kind can never be accepted as another.
+/// Kind of a sealed object. It is part of the associated data, so an object of
+/// one kind is never accepted as another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum ObjectKind {

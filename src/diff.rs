@@ -4,7 +4,7 @@ use crate::id::TreeId;
 use crate::repository::{RepoError, Repository};
 use crate::tree::{Node, NodeKind};
 
-/// How a path differs between two trees.
+/// Kind of difference of a path between two trees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Only in the second tree.

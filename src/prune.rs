@@ -47,7 +47,7 @@ impl Default for PruneOptions {
     }
 }
 
-/// What a prune did, or would do with `dry_run`.
+/// Outcome of a prune, or with `dry_run` the planned outcome.
 #[derive(Debug, Default)]
 pub struct PruneReport {
     /// Blobs that some snapshot uses.

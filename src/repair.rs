@@ -14,7 +14,7 @@ pub const DAMAGED_SUFFIX: &str = ".damaged";
 /// Extended attribute that lists what was lost, set on repaired entries.
 pub const DAMAGED_XATTR: &str = "user.cairn.damaged";
 
-/// What `repair_index` found.
+/// Outcome of `repair_index`.
 #[derive(Debug, Default)]
 pub struct IndexRepair {
     /// Packs whose header was read and indexed.

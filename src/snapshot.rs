@@ -42,7 +42,7 @@ pub struct Snapshot {
     pub username: String,
     /// Backed-up paths as given, made absolute, as raw bytes.
     pub paths: Vec<Vec<u8>>,
-    /// Root tree: a directory tree that holds each path at its absolute location.
+    /// Root tree: a directory tree that contains each path at its absolute location.
     pub tree: TreeId,
     /// Snapshot used to skip unchanged files, if any.
     pub parent: Option<SnapshotId>,

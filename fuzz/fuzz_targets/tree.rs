@@ -6,7 +6,8 @@ use cairn::tree::Tree;
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(tree) = Tree::decode(data) {
         for node in &tree.nodes {
-            assert!(!node.name.is_empty() && !node.name.contains(&b'/'));
+            assert!(!node.name.is_empty());
+            assert!(!node.name.contains(&b'/'));
         }
         assert_eq!(Tree::decode(&tree.encode()).unwrap(), tree);
     }

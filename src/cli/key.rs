@@ -13,7 +13,7 @@ pub struct KeyArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
-    /// List the key slots: name, when and by whom they were added.
+    /// List the key slots with their names, creation times and creators.
     List,
     /// Add a named key slot with its own password.
     Add {

@@ -30,7 +30,7 @@ pub trait Backend: Send + Sync {
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Removes a file.
     fn remove(&self, name: &str) -> io::Result<()>;
-    /// Returns the free space in bytes where new files go, if the backend knows it.
+    /// Returns the free space in bytes where new files go, if the backend can tell.
     fn free_space(&self) -> Option<u64>;
     /// Removes the temporary files of writes that never finished and returns how
     /// many there were. Only safe while no other process writes.

@@ -28,7 +28,7 @@ pub fn decode_index(plain: &[u8]) -> Result<Vec<IndexRecord>, postcard::Error> {
     postcard::from_bytes(plain)
 }
 
-/// Where a blob is stored.
+/// Location of a stored blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobLocation {
     /// The pack.
@@ -112,11 +112,6 @@ impl Index {
     /// Returns true if some index record lists the pack.
     pub fn has_pack(&self, pack: &PackId) -> bool {
         self.pack_numbers.contains_key(pack)
-    }
-
-    /// Returns every pack that the index refers to.
-    pub fn packs(&self) -> &[PackId] {
-        &self.packs
     }
 
     /// Iterates over all blobs.

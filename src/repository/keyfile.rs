@@ -158,7 +158,7 @@ impl super::Repository {
         }
         if file.slots.len() >= MAX_SLOTS {
             return Err(super::RepoError::KeySlot(format!(
-                "the key file already holds the maximum of {MAX_SLOTS} keys"
+                "the key file already contains the maximum of {MAX_SLOTS} keys: remove one first"
             )));
         }
         file.add_password_slot(name, password, &self.root, KdfParams::DEFAULT)

@@ -55,7 +55,7 @@ pub enum RepoError {
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The directory holds no repository.
+    /// The directory contains no repository.
     #[error("no cairn repository at {0}: run `cairn init` first, or check --repo")]
     NotFound(String),
     /// `init` found an existing repository.
@@ -79,7 +79,7 @@ pub enum RepoError {
     Damaged {
         /// The object, such as `pack 3fa1…` or `snapshot 9b2c…`.
         object: String,
-        /// What is wrong.
+        /// Description of the damage.
         detail: String,
     },
     /// A blob or snapshot the caller asked for is not stored.

@@ -42,7 +42,7 @@ impl BlobKind {
     }
 }
 
-/// Where one blob sits inside its pack.
+/// Location of one blob inside its pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackEntry {
     /// Chunk or tree.
