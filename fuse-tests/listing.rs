@@ -171,3 +171,64 @@ fn inode_numbers_stay_stable() {
         "inode numbers of the two names of a hard link"
     );
 }
+
+/// Reads an extended attribute on the mount and returns the error number, or 0.
+fn getxattr_errno(path: &Path, name: &str) -> i32 {
+    match xattr::get(path, name) {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn extended_attributes_are_served_only_when_a_snapshot_has_some() {
+    let fixture = Fixture::new();
+    let source = fixture.path("src");
+    fs::create_dir_all(source.join("dir")).unwrap();
+    fs::write(source.join("dir/plain"), b"no attributes\n").unwrap();
+    fixture.backup(&[&source], &[]);
+
+    // No snapshot holds an attribute: the mount answers ENOTSUP, and the kernel
+    // stops sending the requests, which `ls -l` makes for every entry.
+    {
+        let mount = MountGuard::start(&fixture, &[]);
+        let snapshots = fixture.snapshots();
+        let mounted = below(
+            &mount.path("snapshots").join(folder_name(&snapshots[0])),
+            &source,
+        );
+        for name in ["security.selinux", "user.comment"] {
+            assert_eq!(
+                getxattr_errno(&mounted.join("dir/plain"), name),
+                libc::ENOTSUP,
+                "getxattr {name} on a mount without attributes"
+            );
+        }
+        assert_eq!(
+            fs::read(mounted.join("dir/plain")).unwrap(),
+            b"no attributes\n"
+        );
+    }
+
+    // One snapshot with an attribute: every snapshot's attributes are served,
+    // and a missing one is ENODATA again.
+    xattr::set(source.join("dir/plain"), "user.comment", b"now set").unwrap();
+    fixture.backup(&[&source], &[]);
+    let mount = MountGuard::start(&fixture, &[]);
+    let snapshots = fixture.snapshots();
+    let folder = |i: usize| {
+        below(
+            &mount.path("snapshots").join(folder_name(&snapshots[i])),
+            &source,
+        )
+    };
+    assert_eq!(
+        xattr::get(folder(1).join("dir/plain"), "user.comment").unwrap(),
+        Some(b"now set".to_vec())
+    );
+    assert_eq!(
+        xattr::get(folder(0).join("dir/plain"), "user.comment").unwrap(),
+        None,
+        "the older snapshot has no attribute"
+    );
+}

@@ -54,9 +54,10 @@ results=$WORK/results.tsv
 : > "$results"
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$results"; log "$1 $2: $3"; }
 
-# measure TOOL DIR: the listing and reading steps on DIR
+# measure TOOL DIR [PID]: the listing and reading steps on DIR; with the PID of
+# a mount process, also its resident memory after the listings
 measure() {
-  local tool=$1 dir=$2
+  local tool=$1 dir=$2 pid=${3:-}
   drop_caches
   record "$tool" find-cold "$(seconds sh -c "find '$dir' | wc -l")"
   record "$tool" find-warm "$(seconds sh -c "find '$dir' | wc -l")"
@@ -64,6 +65,7 @@ measure() {
   record "$tool" ls-lR-cold "$(seconds ls -lR "$dir")"
   record "$tool" ls-lR-warm "$(seconds ls -lR "$dir")"
   record "$tool" du-warm "$(seconds du -s "$dir")"
+  [[ -z $pid ]] || record "$tool" rss-after-listing-MiB "$(( $(awk '/VmRSS/ {print $2}' /proc/"$pid"/status) / 1024 ))"
   drop_caches
   record "$tool" read-500MiB "$(seconds cat "$dir/random.bin")"
 }
@@ -72,10 +74,12 @@ measure() {
 mounted() {
   local tool=$1 pid=$2 list=$3 tree=$4 start end
   start=$(date +%s.%N)
-  for _ in $(seq 600); do ls "$list" > /dev/null 2>&1 && break; sleep 0.05; done
+  # The mount point is an empty directory until the file system appears, so
+  # wait for the mount itself and then for the listing.
+  for _ in $(seq 6000); do mountpoint -q "$mountpoint_dir" && ls "$list" > /dev/null 2>&1 && break; sleep 0.05; done
   end=$(date +%s.%N)
   record "$tool" first-ls "$(echo "$end - $start" | bc)"
-  measure "$tool" "$tree"
+  measure "$tool" "$tree" "$pid"
   record "$tool" peak-rss-MiB "$(( $(awk '/VmHWM/ {print $2}' /proc/"$pid"/status) / 1024 ))"
   fusermount3 -u "$mountpoint_dir"
   wait "$pid" || true
@@ -114,7 +118,8 @@ value = {}
 for line in open(results):
     tool, step, v = line.split("\t")
     value[(tool, step)] = float(v)
-steps = ["first-ls", "find-cold", "find-warm", "ls-lR-cold", "ls-lR-warm", "du-warm", "read-500MiB", "peak-rss-MiB"]
+steps = ["first-ls", "find-cold", "find-warm", "ls-lR-cold", "ls-lR-warm", "du-warm",
+         "rss-after-listing-MiB", "read-500MiB", "peak-rss-MiB"]
 tools = ["native", "cairn", "restic", "borg"]
 cpu = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
 lines = [f"Machine: {len(cpu)} x {cpu[0]}, kernel {platform.release()}", "",

@@ -224,7 +224,10 @@ fn run_backup(
             one_file_system: options.one_file_system,
             device: None,
             progress: options.progress.as_deref(),
-            summary: BackupSummary::default(),
+            summary: BackupSummary {
+                xattr_entries: Some(0),
+                ..BackupSummary::default()
+            },
             errors: Vec::new(),
             excluded: 0,
             buffer: Vec::new(),
@@ -408,7 +411,12 @@ impl Walker<'_, '_> {
             };
             let mut node = meta::node_from_metadata(name, NodeKind::Dir, &md, &self.names);
             match meta::read_xattrs(&path) {
-                Ok(xattrs) => node.xattrs = xattrs,
+                Ok(xattrs) => {
+                    if !xattrs.is_empty() {
+                        *self.summary.xattr_entries.get_or_insert(0) += 1;
+                    }
+                    node.xattrs = xattrs;
+                }
                 Err(e) => self.report(&path, &format!("extended attributes not read: {e}")),
             }
             let parent_sub = parent_node.as_ref().and_then(|n| n.subtree);
@@ -528,7 +536,12 @@ impl Walker<'_, '_> {
             };
             let mut node = meta::node_from_metadata(name, kind, &md, &self.names);
             match meta::read_xattrs(short.path()) {
-                Ok(xattrs) => node.xattrs = xattrs,
+                Ok(xattrs) => {
+                    if !xattrs.is_empty() {
+                        *self.summary.xattr_entries.get_or_insert(0) += 1;
+                    }
+                    node.xattrs = xattrs;
+                }
                 Err(e) => self.report(path, &format!("extended attributes not read: {e}")),
             }
             let target = if kind == NodeKind::Symlink {

@@ -95,6 +95,11 @@ pub(super) struct CairnFs {
     logged_errors: Mutex<HashSet<u64>>,
     /// The writable `incoming/` folder of a write-through mount.
     incoming: Option<Arc<Overlay>>,
+    /// False when no snapshot holds an extended attribute and nothing is
+    /// writable: the first `getxattr` or `listxattr` then answers ENOSYS, which
+    /// makes the kernel stop asking. `ls -l` asks for `security.selinux` on every
+    /// entry, so this removes one round trip to this process per entry.
+    serve_xattrs: bool,
 }
 
 impl CairnFs {
@@ -109,6 +114,10 @@ impl CairnFs {
         let mut inodes = InodeTable::default();
         let incoming_entry = incoming.as_ref().map(|_| INCOMING_INO);
         layout::build(&mut inodes, &snapshots, Timestamp::now(), incoming_entry);
+        let serve_xattrs = incoming.is_some()
+            || snapshots
+                .iter()
+                .any(|(_, snapshot)| snapshot.summary.xattr_entries != Some(0));
         let stored_bytes = repo
             .index()
             .iter()
@@ -135,6 +144,7 @@ impl CairnFs {
             stored_bytes,
             logged_errors: Mutex::new(HashSet::new()),
             incoming,
+            serve_xattrs,
         })
     }
 
@@ -396,6 +406,9 @@ impl CairnFs {
     }
 
     fn xattrs(&self, ino: u64) -> Result<Vec<crate::tree::Xattr>, Errno> {
+        if !self.serve_xattrs {
+            return Err(Errno::ENOSYS);
+        }
         let inode = self.inode(ino)?;
         Ok(inode
             .node()

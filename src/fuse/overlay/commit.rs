@@ -101,6 +101,8 @@ impl Overlay {
                 bytes_added: 0,
                 total_bytes: u64::try_from(total_bytes).unwrap_or(u64::MAX),
                 duration_ms: self.started.elapsed().as_millis() as u64,
+                // Counting would also need every tree of the parent.
+                xattr_entries: None,
             },
         };
         // As in a backup, the snapshot's own size is estimated from its encoding.
