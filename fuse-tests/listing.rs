@@ -110,6 +110,17 @@ fn inode_numbers(paths: &[PathBuf]) -> Vec<u64> {
 
 #[test]
 fn inode_numbers_stay_stable() {
+    check_inode_numbers_stay_stable(&[]);
+}
+
+/// With no room for directory trees, the mount keeps only the tree it used
+/// last and loads every other one again; numbers and listings must not change.
+#[test]
+fn inode_numbers_stay_stable_when_trees_are_evicted() {
+    check_inode_numbers_stay_stable(&["--metadata-cache-size", "0"]);
+}
+
+fn check_inode_numbers_stay_stable(mount_args: &[&str]) {
     let fixture = Fixture::new();
     let source = fixture.path("src");
     fs::create_dir_all(source.join("dir/sub")).unwrap();
@@ -128,7 +139,7 @@ fn inode_numbers_stay_stable() {
     fixture.backup(&[&source], &["--tag", "stable"]);
     let snapshots = fixture.snapshots();
 
-    let mount = MountGuard::start(&fixture, &[]);
+    let mount = MountGuard::start(&fixture, mount_args);
     let folder = mount.path("snapshots").join(folder_name(&snapshots[0]));
     let mounted = below(&folder, &source);
     let hard_link = mounted.join("linked");
@@ -157,6 +168,11 @@ fn inode_numbers_stay_stable() {
     drop_dentry_cache();
     let second = inode_numbers(&paths);
 
+    assert_eq!(
+        walk(mount.mountpoint()),
+        walked,
+        "a second walk of all views"
+    );
     for ((path, before), after) in paths.iter().zip(&first).zip(&second) {
         assert_eq!(
             after,

@@ -20,6 +20,10 @@ pub struct MountArgs {
     /// Memory for decrypted chunks, in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     cache_size: usize,
+    /// Memory for decoded directory listings, in MiB (an estimate that leaves
+    /// out allocator overhead).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    metadata_cache_size: usize,
     /// Add a writable folder `incoming/` that starts as the latest snapshot
     /// (or --parent); at unmount, its changes are saved as a new snapshot.
     #[arg(long)]
@@ -66,6 +70,7 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         allow_other: args.allow_other,
         threads: args.threads.max(1),
         cache_bytes: args.cache_size << 20,
+        metadata_cache_bytes: args.metadata_cache_size << 20,
         ..MountOptions::default()
     };
     check_mountpoint(&args.mountpoint)?;

@@ -17,11 +17,12 @@ use tracing::{debug, error};
 use super::MountOptions;
 use super::content::{ChunkCache, FileContent};
 use super::inode::{
-    Children, Inode, InodeKind, InodeTable, ROOT_INO, VirtualDir, file_type, node_attr,
+    Children, Inode, InodeKind, InodeTable, ROOT_INO, Slot, VirtualDir, file_type, node_attr,
     synthetic_attr,
 };
 use super::layout;
 use super::overlay::{INCOMING_INO, Overlay, is_incoming};
+use super::trees::TreeCache;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::repository::Repository;
 use crate::snapshot::Snapshot;
@@ -83,6 +84,7 @@ pub(super) struct CairnFs {
     repo: Arc<Repository>,
     snapshots: Vec<(SnapshotId, Snapshot)>,
     inodes: RwLock<InodeTable>,
+    trees: TreeCache,
     files: RwLock<HashMap<u64, Arc<OpenFile>>>,
     next_handle: AtomicU64,
     cache: Arc<ChunkCache>,
@@ -130,6 +132,7 @@ impl CairnFs {
             .map_err(io::Error::other)?;
         Ok(Self {
             cache: Arc::new(ChunkCache::new(repo.clone(), options.cache_bytes)),
+            trees: TreeCache::new(repo.clone(), options.metadata_cache_bytes),
             repo,
             snapshots,
             inodes: RwLock::new(inodes),
@@ -148,11 +151,33 @@ impl CairnFs {
         })
     }
 
-    /// Returns a copy of an inode, which shares the trees it refers to.
+    /// Returns an inode, with the tree of a snapshot entry loaded. An alias is
+    /// resolved to the inode it stands for.
     fn inode(&self, ino: u64) -> Result<Inode, Errno> {
-        let inodes = self.inodes.read().expect("inode table lock");
-        let resolved = inodes.resolve(ino);
-        inodes.get(resolved).cloned().ok_or(Errno::ENOENT)
+        let (tree_id, index, parent) = {
+            let inodes = self.inodes.read().expect("inode table lock");
+            match inodes.slot(inodes.resolve(ino)) {
+                Some(Slot::Fixed(inode)) => return Ok(inode.clone()),
+                Some(Slot::Entry {
+                    tree,
+                    index,
+                    parent,
+                }) => (tree, index, parent),
+                None => return Err(Errno::ENOENT),
+            }
+        };
+        let tree = self.tree(ino, &tree_id)?;
+        Ok(Inode {
+            parent,
+            kind: InodeKind::Node { tree, index },
+        })
+    }
+
+    /// Returns a tree from the tree cache, loading it if needed.
+    fn tree(&self, ino: u64, id: &TreeId) -> Result<Arc<crate::tree::Tree>, Errno> {
+        self.trees
+            .get(id)
+            .map_err(|e| self.io_error(ino, "failed to load directory", &e))
     }
 
     /// Returns the path of an inode below the mount point, for messages.
@@ -160,15 +185,26 @@ impl CairnFs {
         if let Some(overlay) = self.incoming(ino) {
             return overlay.path_of(ino);
         }
+        // Only cached trees are used: this runs while reporting errors, which
+        // may be errors loading a tree.
         let inodes = self.inodes.read().expect("inode table lock");
         let mut names = Vec::new();
         let mut current = ino;
         while current != ROOT_INO && names.len() < 4096 {
-            let Some(inode) = inodes.get(current) else {
-                break;
+            let (name, parent) = match inodes.slot(current) {
+                Some(Slot::Fixed(inode)) => (inode.name().to_vec(), inode.parent),
+                Some(Slot::Entry {
+                    tree,
+                    index,
+                    parent,
+                }) => match self.trees.peek(&tree) {
+                    Some(tree) => (tree.nodes[index as usize].name.clone(), parent),
+                    None => (format!("<inode {current}>").into_bytes(), parent),
+                },
+                None => break,
             };
-            names.push(String::from_utf8_lossy(inode.name()).into_owned());
-            current = inode.parent;
+            names.push(String::from_utf8_lossy(&name).into_owned());
+            current = parent;
         }
         names.reverse();
         format!("/{}", names.join("/"))
@@ -223,28 +259,22 @@ impl CairnFs {
                 self.snapshots[*snapshot].1.time,
                 self.owner,
             ),
-            InodeKind::Node { tree, index, .. } => node_attr(ino, &tree.nodes[*index as usize]),
-            InodeKind::Alias(_) => unreachable!("aliases are resolved by CairnFs::inode"),
+            InodeKind::Node { tree, index } => node_attr(ino, &tree.nodes[*index as usize]),
         }
     }
 
-    /// Returns a directory's entries, loading its tree on first use.
+    /// Returns a directory's entries, numbering them on first use.
     fn dir_entries(&self, ino: u64) -> Result<DirEntries, Errno> {
         let inode = self.inode(ino)?;
+        let attached = self.inodes.read().expect("inode table lock").children(ino);
+        if let Some((tree_id, first)) = attached {
+            let tree = self.tree(ino, &tree_id)?;
+            return Ok(DirEntries::Tree(Children { tree, first }));
+        }
         let tree_id: TreeId = match &inode.kind {
             InodeKind::Virtual(dir) => return Ok(DirEntries::Virtual(dir.clone())),
-            InodeKind::SnapshotRoot {
-                children: Some(children),
-                ..
-            }
-            | InodeKind::Node {
-                children: Some(children),
-                ..
-            } => {
-                return Ok(DirEntries::Tree(children.clone()));
-            }
             InodeKind::SnapshotRoot { snapshot, .. } => self.snapshots[*snapshot].1.tree,
-            InodeKind::Node { tree, index, .. } => {
+            InodeKind::Node { tree, index } => {
                 let node = &tree.nodes[*index as usize];
                 if node.kind != NodeKind::Dir {
                     return Err(Errno::ENOTDIR);
@@ -260,20 +290,17 @@ impl CairnFs {
                     }
                 }
             }
-            InodeKind::Latest(_) | InodeKind::Alias(_) => return Err(Errno::ENOTDIR),
+            InodeKind::Latest(_) => return Err(Errno::ENOTDIR),
         };
         // The tree is loaded without holding the table lock. If two threads load
-        // the same tree, `attach_children` keeps the first result.
-        let tree = self
-            .repo
-            .load_tree(&tree_id)
-            .map_err(|e| self.io_error(ino, "failed to load directory", &e))?;
-        let children = self
+        // the same directory, `attach_children` keeps the first numbering.
+        let tree = self.tree(ino, &tree_id)?;
+        let first = self
             .inodes
             .write()
             .expect("inode table lock")
-            .attach_children(ino, tree);
-        Ok(DirEntries::Tree(children))
+            .attach_children(ino, tree_id, &tree);
+        Ok(DirEntries::Tree(Children { tree, first }))
     }
 
     /// Returns up to `max` entries of a directory, starting at position `start`
@@ -284,29 +311,55 @@ impl CairnFs {
             DirEntries::Virtual(dir) => dir.entries.len(),
             DirEntries::Tree(children) => children.tree.nodes.len(),
         };
-        let inodes = self.inodes.read().expect("inode table lock");
-        let parent = inodes.get(ino).map_or(ROOT_INO, |inode| inode.parent);
-        let mut list = Vec::new();
-        for position in start..count.min(start.saturating_add(max)) {
-            let (child, name) = match (position, &entries) {
-                (0, _) => (ino, b".".to_vec()),
-                (1, _) => (parent, b"..".to_vec()),
-                (p, DirEntries::Virtual(dir)) => {
-                    let (name, child) = &dir.entries[p - 2];
-                    (*child, name.clone())
-                }
-                (p, DirEntries::Tree(children)) => {
-                    let slot = children.first + (p - 2) as u64;
-                    (
-                        inodes.resolve(slot),
-                        children.tree.nodes[p - 2].name.clone(),
-                    )
-                }
+        let end = count.min(start.saturating_add(max));
+        // Numbers and names first, under the table lock; then the inodes, which
+        // may need other trees (for `..` and hard links numbered elsewhere).
+        let (parent, numbered) = {
+            let inodes = self.inodes.read().expect("inode table lock");
+            let parent = match inodes.slot(ino) {
+                Some(Slot::Fixed(inode)) => inode.parent,
+                Some(Slot::Entry { parent, .. }) => parent,
+                None => ROOT_INO,
             };
-            let inode = if is_incoming(child) {
-                None
-            } else {
-                Some(inodes.get(child).cloned().ok_or(Errno::ENOENT)?)
+            let numbered: Vec<(u64, Option<u32>)> = (start.max(2)..end)
+                .map(|position| match &entries {
+                    DirEntries::Virtual(dir) => (dir.entries[position - 2].1, None),
+                    DirEntries::Tree(children) => {
+                        let slot = children.first + (position - 2) as u64;
+                        let resolved = inodes.resolve(slot);
+                        let index = (resolved == slot).then_some((position - 2) as u32);
+                        (resolved, index)
+                    }
+                })
+                .collect();
+            (parent, numbered)
+        };
+
+        let mut list = Vec::new();
+        for position in start..end {
+            let (child, name, inode) = match position {
+                0 => (ino, b".".to_vec(), Some(self.inode(ino)?)),
+                1 => (parent, b"..".to_vec(), Some(self.inode(parent)?)),
+                p => {
+                    let (child, index) = numbered[p - start.max(2)];
+                    let inode = match (&entries, index) {
+                        // An entry of this directory: its tree is at hand.
+                        (DirEntries::Tree(children), Some(index)) => Some(Inode {
+                            parent: ino,
+                            kind: InodeKind::Node {
+                                tree: children.tree.clone(),
+                                index,
+                            },
+                        }),
+                        _ if is_incoming(child) => None,
+                        _ => Some(self.inode(child)?),
+                    };
+                    let name = match &entries {
+                        DirEntries::Virtual(dir) => dir.entries[p - 2].0.clone(),
+                        DirEntries::Tree(children) => children.tree.nodes[p - 2].name.clone(),
+                    };
+                    (child, name, inode)
+                }
             };
             list.push(ListedEntry {
                 ino: child,

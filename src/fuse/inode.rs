@@ -1,9 +1,14 @@
-//! The inode table: every inode number handed to the kernel, in allocation order.
+//! The inode table: every inode number handed to the kernel.
 //!
-//! Inode `n` is entry `n - 1` of a vector, and entries are never removed while
-//! the file system is mounted, so an inode number always names the same entry.
-//! The entries of a snapshot directory are allocated together, as a contiguous
-//! range, the first time the directory is looked at.
+//! The inodes built at mount time (the root, the views, the snapshot folders)
+//! come first and are stored whole. After them, the entries of a snapshot
+//! directory are numbered together, as a contiguous range, the first time the
+//! directory is looked at; the table keeps only the range and the id of the
+//! directory's tree, so it costs a few dozen bytes per directory looked at and
+//! nothing per file. The trees themselves live in a bounded cache of the file
+//! system and are loaded again when they have been evicted. Numbers are never
+//! reused while the file system is mounted, so an inode number always names
+//! the same entry.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -12,6 +17,7 @@ use std::time::Duration;
 
 use fuser::{FileAttr, FileType, INodeNo};
 
+use crate::id::TreeId;
 use crate::tree::{Extent, Node, NodeKind, Timestamp, Tree};
 
 /// Inode number of the mount's root directory.
@@ -42,7 +48,8 @@ impl VirtualDir {
 }
 
 /// The loaded entries of a directory inside a snapshot: entry `i` of `tree` has
-/// inode number `first + i`, which may be an [`InodeKind::Alias`].
+/// inode number `first + i`, unless it is a hard link numbered elsewhere (see
+/// [`InodeTable::resolve`]).
 #[derive(Clone, Debug)]
 pub(super) struct Children {
     /// The directory's tree.
@@ -64,8 +71,6 @@ pub(super) enum InodeKind {
         snapshot: usize,
         /// The folder's name.
         name: Arc<[u8]>,
-        /// Entries, once loaded.
-        children: Option<Children>,
     },
     /// An entry of a snapshot's tree.
     Node {
@@ -73,17 +78,11 @@ pub(super) enum InodeKind {
         tree: Arc<Tree>,
         /// Index of the entry in `tree.nodes`.
         index: u32,
-        /// Inode number of the snapshot folder this entry is under.
-        root: u64,
-        /// Entries of a directory, once loaded.
-        children: Option<Children>,
     },
-    /// A hard link to a regular file that already has the given inode number.
-    /// Alias numbers fill a slot of [`Children`] and are never given to the kernel.
-    Alias(u64),
 }
 
-/// One inode.
+/// One inode, as served: built at mount time, or put together from a
+/// [`Slot::Entry`] and its tree.
 #[derive(Clone, Debug)]
 pub(super) struct Inode {
     /// Inode number of the directory that contains it (the root's is itself). A
@@ -97,7 +96,7 @@ impl Inode {
     /// Returns the tree entry of an [`InodeKind::Node`].
     pub fn node(&self) -> Option<&Node> {
         match &self.kind {
-            InodeKind::Node { tree, index, .. } => Some(&tree.nodes[*index as usize]),
+            InodeKind::Node { tree, index } => Some(&tree.nodes[*index as usize]),
             _ => None,
         }
     }
@@ -108,8 +107,7 @@ impl Inode {
             InodeKind::Virtual(dir) => &dir.name,
             InodeKind::Latest(_) => b"latest",
             InodeKind::SnapshotRoot { name, .. } => name,
-            InodeKind::Node { tree, index, .. } => &tree.nodes[*index as usize].name,
-            InodeKind::Alias(_) => b"",
+            InodeKind::Node { tree, index } => &tree.nodes[*index as usize].name,
         }
     }
 
@@ -122,97 +120,153 @@ impl Inode {
     }
 }
 
-/// All inodes of a mount, plus the map that makes hard links share one inode.
+/// The entries of one snapshot directory: inode numbers `first..first + len`
+/// are the entries of tree `tree`, in order.
+#[derive(Debug)]
+struct Block {
+    first: u64,
+    len: u32,
+    tree: TreeId,
+    /// Inode number of the directory.
+    dir: u64,
+    /// Inode number of the snapshot folder the directory is under.
+    root: u64,
+}
+
+/// What the table holds for an inode number.
+#[derive(Debug)]
+pub(super) enum Slot<'a> {
+    /// An inode built at mount time.
+    Fixed(&'a Inode),
+    /// Entry `index` of tree `tree`, in directory `parent`.
+    Entry {
+        tree: TreeId,
+        index: u32,
+        parent: u64,
+    },
+}
+
+/// All inodes of a mount, plus the maps that make hard links share one inode.
 #[derive(Debug, Default)]
 pub(super) struct InodeTable {
-    inodes: Vec<Inode>,
+    fixed: Vec<Inode>,
+    /// Blocks in allocation order, so sorted by `first`.
+    blocks: Vec<Block>,
+    /// Directory inode number to the index of its entries' block.
+    children: HashMap<u64, usize>,
     /// (snapshot folder inode, `dev`, `inode` at backup time) to the shared inode
     /// number, for regular files with a link count above 1.
     hard_links: HashMap<(u64, u64, u64), u64>,
+    /// Inode numbers of hard links that are served as another number.
+    aliases: HashMap<u64, u64>,
 }
 
 impl InodeTable {
-    /// Appends an inode and returns its number.
+    /// Appends an inode built at mount time and returns its number. Only valid
+    /// before any directory's entries are attached.
     pub fn push(&mut self, parent: u64, kind: InodeKind) -> u64 {
-        self.inodes.push(Inode { parent, kind });
-        self.inodes.len() as u64
+        assert!(self.blocks.is_empty(), "mount-time inodes come first");
+        self.fixed.push(Inode { parent, kind });
+        self.fixed.len() as u64
     }
 
     /// Replaces an inode's kind, while the top-level folders are built.
     pub fn set_kind(&mut self, ino: u64, kind: InodeKind) {
-        self.inodes[index(ino)].kind = kind;
+        self.fixed[index(ino)].kind = kind;
     }
 
-    /// Returns the number of inodes, aliases included.
-    pub fn len(&self) -> usize {
-        self.inodes.len()
+    /// Returns the number of inode numbers handed out, aliases included.
+    pub fn len(&self) -> u64 {
+        self.next() - 1
     }
 
-    /// Returns an inode by number. An alias is returned as it is, unresolved.
+    fn next(&self) -> u64 {
+        self.blocks
+            .last()
+            .map_or(self.fixed.len() as u64 + 1, |b| b.first + u64::from(b.len))
+    }
+
+    /// Returns an inode built at mount time by number.
     pub fn get(&self, ino: u64) -> Option<&Inode> {
         let i = usize::try_from(ino).ok()?.checked_sub(1)?;
-        self.inodes.get(i)
+        self.fixed.get(i)
     }
 
-    /// Returns the inode number to give the kernel for a slot: the target of an
-    /// alias, or the slot itself.
-    pub fn resolve(&self, ino: u64) -> u64 {
-        match self.get(ino).map(|inode| &inode.kind) {
-            Some(InodeKind::Alias(target)) => *target,
-            _ => ino,
+    /// Returns what the table holds for an inode number. An alias is returned as
+    /// the entry it is, unresolved.
+    pub fn slot(&self, ino: u64) -> Option<Slot<'_>> {
+        if let Some(inode) = self.get(ino) {
+            return Some(Slot::Fixed(inode));
         }
+        let i = self
+            .blocks
+            .partition_point(|b| b.first <= ino)
+            .checked_sub(1)?;
+        let block = &self.blocks[i];
+        let index = ino.checked_sub(block.first)?;
+        (index < u64::from(block.len)).then_some(Slot::Entry {
+            tree: block.tree,
+            index: index as u32,
+            parent: block.dir,
+        })
     }
 
-    /// Allocates inodes for the entries of a snapshot directory, unless another
-    /// thread already did, and returns them. `dir` must be an
-    /// [`InodeKind::SnapshotRoot`] or a directory [`InodeKind::Node`].
-    pub fn attach_children(&mut self, dir: u64, tree: Arc<Tree>) -> Children {
-        let root = match &self.inodes[index(dir)].kind {
-            InodeKind::SnapshotRoot {
-                children: Some(children),
+    /// Returns the inode number to give the kernel for a slot: the number of the
+    /// first hard link found for an alias, or the slot itself.
+    pub fn resolve(&self, ino: u64) -> u64 {
+        self.aliases.get(&ino).copied().unwrap_or(ino)
+    }
+
+    /// Returns the tree id and first inode number of a directory's entries, if
+    /// they are attached.
+    pub fn children(&self, dir: u64) -> Option<(TreeId, u64)> {
+        let block = &self.blocks[*self.children.get(&dir)?];
+        Some((block.tree, block.first))
+    }
+
+    /// Numbers the entries of a snapshot directory, unless another thread already
+    /// did, and returns the number of the first. `dir` must be a snapshot folder
+    /// or a directory entry, and `tree` the tree with id `tree_id`.
+    pub fn attach_children(&mut self, dir: u64, tree_id: TreeId, tree: &Tree) -> u64 {
+        if let Some(&existing) = self.children.get(&dir) {
+            return self.blocks[existing].first;
+        }
+        let root = match self.slot(dir) {
+            Some(Slot::Fixed(Inode {
+                kind: InodeKind::SnapshotRoot { .. },
                 ..
+            })) => dir,
+            Some(Slot::Entry { .. }) => {
+                let i = self.blocks.partition_point(|b| b.first <= dir) - 1;
+                self.blocks[i].root
             }
-            | InodeKind::Node {
-                children: Some(children),
-                ..
-            } => return children.clone(),
-            InodeKind::SnapshotRoot { .. } => dir,
-            InodeKind::Node { root, .. } => *root,
             other => panic!("inode {dir} is not a snapshot directory: {other:?}"),
         };
 
-        let first = self.inodes.len() as u64 + 1;
+        let first = self.next();
+        let len = u32::try_from(tree.nodes.len()).expect("a tree has fewer than 2^32 entries");
         for (i, node) in tree.nodes.iter().enumerate() {
-            let ino = first + i as u64;
-            let entry = InodeKind::Node {
-                tree: tree.clone(),
-                index: i as u32,
-                root,
-                children: None,
-            };
-            let kind = if shares_inode(node) {
+            if shares_inode(node) {
+                let ino = first + i as u64;
                 match self.hard_links.entry((root, node.dev, node.inode)) {
-                    Entry::Occupied(existing) => InodeKind::Alias(*existing.get()),
+                    Entry::Occupied(existing) => {
+                        self.aliases.insert(ino, *existing.get());
+                    }
                     Entry::Vacant(slot) => {
                         slot.insert(ino);
-                        entry
                     }
                 }
-            } else {
-                entry
-            };
-            self.inodes.push(Inode { parent: dir, kind });
-        }
-
-        let children = Children { tree, first };
-        match &mut self.inodes[index(dir)].kind {
-            InodeKind::SnapshotRoot { children: slot, .. }
-            | InodeKind::Node { children: slot, .. } => {
-                *slot = Some(children.clone());
             }
-            _ => unreachable!("checked above"),
         }
-        children
+        self.blocks.push(Block {
+            first,
+            len,
+            tree: tree_id,
+            dir,
+            root,
+        });
+        self.children.insert(dir, self.blocks.len() - 1);
+        first
     }
 }
 
@@ -361,7 +415,6 @@ mod tests {
             InodeKind::SnapshotRoot {
                 snapshot: 0,
                 name: Arc::from(&b"s"[..]),
-                children: None,
             },
         );
         (table, snapshot)
@@ -375,21 +428,31 @@ mod tests {
         let tree = Arc::new(Tree {
             nodes: vec![file("a", 5, 77, 2), dir, file("z", 5, 77, 2)],
         });
-        let children = table.attach_children(snapshot, tree);
-        let a = table.resolve(children.first);
-        let z = table.resolve(children.first + 2);
-        assert_eq!(a, children.first);
+        let first = table.attach_children(snapshot, TreeId([2; 32]), &tree);
+        let a = table.resolve(first);
+        let z = table.resolve(first + 2);
+        assert_eq!(a, first);
         assert_eq!(z, a);
 
         let sub = Arc::new(Tree {
             nodes: vec![file("b", 5, 77, 2), file("c", 5, 78, 1)],
         });
-        let sub_children = table.attach_children(children.first + 1, sub);
-        assert_eq!(table.resolve(sub_children.first), a);
-        assert_eq!(
-            table.resolve(sub_children.first + 1),
-            sub_children.first + 1
-        );
+        let sub_first = table.attach_children(first + 1, TreeId([3; 32]), &sub);
+        assert_eq!(table.resolve(sub_first), a);
+        assert_eq!(table.resolve(sub_first + 1), sub_first + 1);
+        match table.slot(sub_first + 1) {
+            Some(Slot::Entry {
+                tree,
+                index,
+                parent,
+            }) => {
+                assert_eq!(tree, TreeId([3; 32]));
+                assert_eq!(index, 1);
+                assert_eq!(parent, first + 1);
+            }
+            other => panic!("unexpected slot {other:?}"),
+        }
+        assert!(table.slot(sub_first + 2).is_none());
     }
 
     #[test]
@@ -400,15 +463,14 @@ mod tests {
             InodeKind::SnapshotRoot {
                 snapshot: 1,
                 name: Arc::from(&b"t"[..]),
-                children: None,
             },
         );
         let tree = Arc::new(Tree {
             nodes: vec![file("a", 5, 77, 2)],
         });
-        let one = table.attach_children(first_snapshot, tree.clone());
-        let two = table.attach_children(second_snapshot, tree);
-        assert_ne!(table.resolve(one.first), table.resolve(two.first));
+        let one = table.attach_children(first_snapshot, TreeId([4; 32]), &tree);
+        let two = table.attach_children(second_snapshot, TreeId([4; 32]), &tree);
+        assert_ne!(table.resolve(one), table.resolve(two));
     }
 
     #[test]
@@ -417,11 +479,8 @@ mod tests {
         let tree = Arc::new(Tree {
             nodes: vec![file("a", 5, 77, 1), file("b", 5, 77, 1)],
         });
-        let children = table.attach_children(snapshot, tree);
-        assert_ne!(
-            table.resolve(children.first),
-            table.resolve(children.first + 1)
-        );
+        let first = table.attach_children(snapshot, TreeId([5; 32]), &tree);
+        assert_ne!(table.resolve(first), table.resolve(first + 1));
     }
 
     #[test]
@@ -430,19 +489,19 @@ mod tests {
         let tree = Arc::new(Tree {
             nodes: vec![file("a", 1, 2, 1)],
         });
-        let first = table.attach_children(snapshot, tree.clone());
+        let first = table.attach_children(snapshot, TreeId([6; 32]), &tree);
         let len = table.len();
-        let second = table.attach_children(snapshot, tree);
-        assert_eq!(first.first, second.first);
+        let second = table.attach_children(snapshot, TreeId([6; 32]), &tree);
+        assert_eq!(first, second);
         assert_eq!(table.len(), len);
     }
 
     #[test]
     fn get_rejects_out_of_range() {
         let (table, _) = table_with_snapshot();
-        assert!(table.get(0).is_none());
-        assert!(table.get(3).is_none());
-        assert!(table.get(u64::MAX).is_none());
+        assert!(table.slot(0).is_none());
+        assert!(table.slot(3).is_none());
+        assert!(table.slot(u64::MAX).is_none());
     }
 
     #[test]

@@ -147,7 +147,6 @@ fn snapshot_entries(
             let kind = InodeKind::SnapshotRoot {
                 snapshot: i,
                 name: Arc::from(name.as_slice()),
-                children: None,
             };
             (name, table.push(dir, kind))
         })

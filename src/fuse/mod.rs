@@ -50,6 +50,7 @@ mod layout;
 mod overlay;
 #[cfg(test)]
 mod tests;
+mod trees;
 
 use std::io;
 use std::path::Path;
@@ -77,6 +78,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Maximum total size in bytes of the decrypted chunks kept in memory.
     pub cache_bytes: usize,
+    /// Estimated memory in bytes for decoded directory trees, the mount's only
+    /// per-directory metadata besides a few dozen bytes per listed directory.
+    pub metadata_cache_bytes: usize,
     /// Number of chunks read ahead of a sequential reader, on background threads.
     /// 0 turns prefetching off.
     pub readahead_chunks: usize,
@@ -88,6 +92,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: 4,
             cache_bytes: 256 << 20,
+            metadata_cache_bytes: 64 << 20,
             readahead_chunks: 2,
         }
     }

@@ -517,14 +517,19 @@ impl Repository {
         self.read_blob(BlobKind::Chunk, &id.0)
     }
 
+    /// Reads, verifies and decodes one tree without going through the
+    /// repository's tree cache, for callers that keep their own.
+    pub fn load_tree_uncached(&self, id: &TreeId) -> Result<Tree, RepoError> {
+        let plain = self.read_blob(BlobKind::Tree, &id.0)?;
+        Tree::decode(&plain).map_err(|e| damaged(format!("tree {}", id.short()), e))
+    }
+
     /// Loads a directory tree, from a cache of recently used trees when possible.
     pub fn load_tree(&self, id: &TreeId) -> Result<Arc<Tree>, RepoError> {
         if let Some(tree) = self.trees.lock().expect("tree cache lock").get(id) {
             return Ok(tree.clone());
         }
-        let plain = self.read_blob(BlobKind::Tree, &id.0)?;
-        let tree = Tree::decode(&plain).map_err(|e| damaged(format!("tree {}", id.short()), e))?;
-        let tree = Arc::new(tree);
+        let tree = Arc::new(self.load_tree_uncached(id)?);
         self.trees
             .lock()
             .expect("tree cache lock")

@@ -371,7 +371,7 @@ impl Filesystem for CairnFs {
             );
         }
         let blocks = self.stored_bytes.div_ceil(u64::from(BLOCK_SIZE));
-        let files = self.inodes.read().expect("inode table lock").len() as u64;
+        let files = self.inodes.read().expect("inode table lock").len();
         reply.statfs(blocks, 0, 0, files, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
     }
 
