@@ -9,7 +9,9 @@
 # For each tool: back up both, mount, then time the first `ls` of the snapshot
 # list, `find | wc -l`, `ls -lR`, `du -s` (cold: right after mounting with the
 # page cache dropped; warm: a second time), reading the 500 MiB file, and the
-# mount process's peak resident memory (VmHWM).
+# mount process's resident memory after the listings (VmRSS) and at its peak
+# (VmHWM). For cairn also: `cairn restore` of the 500 MiB file, and the first
+# `ls snapshots/` of a repository holding 200 snapshots.
 #
 # Usage: scripts/bench-mount.sh      (as root: FUSE and drop_caches)
 set -euo pipefail
@@ -96,6 +98,32 @@ drop_caches
 "$cairn" mount "$mountpoint_dir" 2> "$WORK/cairn-mount.log" &
 mounted cairn $! "$mountpoint_dir/snapshots" "$mountpoint_dir/snapshots/latest$src"
 
+log "cairn restore of the 500 MiB file, for the read speed through the mount"
+drop_caches
+record cairn restore-500MiB "$(seconds "$cairn" restore -q latest --target "$WORK/restored" --include "$src/random.bin")"
+rm -rf "$WORK/restored"
+
+log "cairn: first ls of snapshots/ in a repository of 200 snapshots"
+export CAIRN_REPO=$WORK/cairn-200
+"$cairn" init > /dev/null
+mkdir -p "$WORK/small"
+for i in $(seq 200); do
+  echo "$i" > "$WORK/small/counter"
+  "$cairn" backup -q "$WORK/small"
+done
+drop_caches
+"$cairn" mount "$mountpoint_dir" 2> "$WORK/cairn-200-mount.log" &
+pid=$!
+start=$(date +%s.%N)
+for _ in $(seq 6000); do mountpoint -q "$mountpoint_dir" && ls "$mountpoint_dir/snapshots" > /dev/null 2>&1 && break; sleep 0.01; done
+end=$(date +%s.%N)
+record cairn first-ls-200-snapshots "$(echo "$end - $start" | bc)"
+listed=$(ls "$mountpoint_dir/snapshots" | wc -l)
+[[ $listed -eq 201 ]] || { log "expected 200 snapshots and latest, found $listed entries"; exit 1; }
+fusermount3 -u "$mountpoint_dir"
+wait "$pid" || true
+export CAIRN_REPO=$WORK/cairn-repo
+
 log "restic"
 export RESTIC_REPOSITORY=$WORK/restic-repo
 restic init -q
@@ -119,7 +147,8 @@ for line in open(results):
     tool, step, v = line.split("\t")
     value[(tool, step)] = float(v)
 steps = ["first-ls", "find-cold", "find-warm", "ls-lR-cold", "ls-lR-warm", "du-warm",
-         "rss-after-listing-MiB", "read-500MiB", "peak-rss-MiB"]
+         "rss-after-listing-MiB", "read-500MiB", "restore-500MiB", "peak-rss-MiB",
+         "first-ls-200-snapshots"]
 tools = ["native", "cairn", "restic", "borg"]
 cpu = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
 lines = [f"Machine: {len(cpu)} x {cpu[0]}, kernel {platform.release()}", "",
