@@ -22,7 +22,7 @@ pub struct MountArgs {
     cache_size: usize,
     /// Memory for decoded directory listings, in MiB (an estimate that leaves
     /// out allocator overhead).
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
     metadata_cache_size: usize,
     /// Add a writable folder `incoming/` that starts as the latest snapshot
     /// (or --parent); at unmount, its changes are saved as a new snapshot.

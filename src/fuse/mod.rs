@@ -92,7 +92,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: 4,
             cache_bytes: 256 << 20,
-            metadata_cache_bytes: 64 << 20,
+            metadata_cache_bytes: 256 << 20,
             readahead_chunks: 2,
         }
     }
