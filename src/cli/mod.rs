@@ -4,6 +4,7 @@
 mod backup;
 mod check;
 mod config;
+mod copy;
 mod diff;
 mod forget;
 mod generate;
@@ -102,6 +103,9 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Verify the repository's structure, and optionally all data.
     Check(check::CheckArgs),
+    /// Copy snapshots from another repository into this one.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Copy(copy::CopyArgs),
     /// Remove snapshots by id or by a retention policy.
     Forget(forget::ForgetArgs),
     /// Delete data that no snapshot uses, and repack mostly unused packs.
@@ -167,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(args) => diff::run(&cli, args),
         Command::Mount(args) => mount::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
+        Command::Copy(args) => copy::run(&cli, args),
         Command::Forget(args) => forget::run(&cli, args),
         Command::Prune(args) => prune::run(&cli, args),
         Command::Key(args) => key::run(&cli, args),

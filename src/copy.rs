@@ -1,0 +1,362 @@
+//! Copying snapshots from one repository to another.
+//!
+//! A copied snapshot records the id of the snapshot it copies in its
+//! `original` field, so a later copy skips it. The destination then holds its
+//! own blobs, sealed under its own keys, and reads them without the source.
+//!
+//! When both repositories share the identity secret (one was made with
+//! `init --like` the other), a blob has the same id in both. Each blob that the
+//! destination lacks is then decrypted and sealed again under the same id, and
+//! trees are copied byte for byte. Otherwise every chunk is read, its id is
+//! computed anew under the destination's chunk-id key, and every tree is
+//! rewritten bottom-up with the new chunk and subtree ids. Chunk boundaries stay
+//! those of the source in both cases.
+//!
+//! The destination is written in the order a backup uses: under a shared lock,
+//! the packs and index files of one snapshot first, then that snapshot. A kill
+//! at any moment leaves the destination readable, with at most some packs that
+//! no snapshot uses yet, which the next copy or backup reuses.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::id::{ChunkId, SnapshotId, TreeId};
+use crate::progress::Progress;
+use crate::repository::pack::BlobKind;
+use crate::repository::{BlobWriter, RepoError, Repository};
+use crate::snapshot::Snapshot;
+use crate::tree::{Extent, Node, NodeKind, Tree};
+
+/// Settings of one copy run.
+#[derive(Clone, Debug, Default)]
+pub struct CopyOptions {
+    /// Source snapshots to copy; every readable snapshot when empty.
+    pub snapshots: Vec<SnapshotId>,
+    /// Copy only snapshots that carry every one of these tags.
+    pub tags: Vec<String>,
+    /// How long to wait for an exclusive lock on the destination (a running
+    /// prune) to go away.
+    pub lock_wait: Duration,
+    /// Counters of snapshots copied and blob bytes read, for a progress display.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// One snapshot written by a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopiedSnapshot {
+    /// The snapshot in the source repository.
+    pub source: SnapshotId,
+    /// The new snapshot in the destination repository.
+    pub copy: SnapshotId,
+}
+
+/// Outcome of a copy run.
+#[derive(Clone, Debug, Default)]
+pub struct CopyReport {
+    /// Snapshots written, oldest first.
+    pub copied: Vec<CopiedSnapshot>,
+    /// Selected snapshots that the destination already held.
+    pub already_present: u64,
+    /// Blobs (chunks and trees) written to the destination.
+    pub blobs_added: u64,
+    /// Plaintext bytes of the blobs written to the destination.
+    pub blob_bytes_added: u64,
+    /// Bytes of packs, index files and snapshots written to the destination.
+    pub bytes_added: u64,
+    /// True when both repositories share the identity secret, so that blobs
+    /// were copied by id.
+    pub same_identity: bool,
+}
+
+/// Returns the id under which a snapshot is known in every repository that
+/// holds a copy of it: its `original`, or its own id if it is not a copy.
+fn origin(id: SnapshotId, snapshot: &Snapshot) -> SnapshotId {
+    snapshot.original.unwrap_or(id)
+}
+
+/// Copies the selected snapshots of `source` that `dest` does not hold yet.
+///
+/// Fails before writing anything if both are the same repository or a named
+/// snapshot cannot be read. A source blob that cannot be read stops the copy,
+/// and the snapshots copied before it stay in the destination.
+pub fn copy(
+    source: &Repository,
+    dest: &Repository,
+    options: &CopyOptions,
+) -> Result<CopyReport, RepoError> {
+    if source.config().repo_id == dest.config().repo_id {
+        return Err(RepoError::SameRepository(dest.location()));
+    }
+    let selected = select_snapshots(source, options)?;
+
+    let lock = dest.lock_shared("copy", options.lock_wait)?;
+    // Blobs deleted by a prune that finished before the lock was taken must not
+    // be deduplicated against, so the index is read again under the lock.
+    dest.load_index()?;
+    let adopted = dest.index_unindexed_packs()?;
+    if adopted > 0 {
+        tracing::info!("indexed {adopted} packs left by an interrupted run");
+    }
+
+    // Copies in the destination, by the id of the snapshot they copy.
+    let mut copies: HashMap<SnapshotId, SnapshotId> = dest
+        .readable_snapshots()?
+        .into_iter()
+        .map(|(id, snapshot)| (origin(id, &snapshot), id))
+        .collect();
+    let origins: HashMap<SnapshotId, SnapshotId> = source
+        .readable_snapshots()?
+        .iter()
+        .map(|(id, snapshot)| (*id, origin(*id, snapshot)))
+        .collect();
+
+    let mut report = CopyReport {
+        same_identity: source.keys().same_identity(dest.keys()),
+        ..CopyReport::default()
+    };
+    let selected_count = selected.len();
+    let pending: Vec<(SnapshotId, Snapshot)> = selected
+        .into_iter()
+        .filter(|(id, snapshot)| !copies.contains_key(&origin(*id, snapshot)))
+        .collect();
+    report.already_present = (selected_count - pending.len()) as u64;
+    let progress = options.progress.clone().unwrap_or_default();
+    progress.set_total_items(pending.len() as u64);
+
+    let mut copier = Copier {
+        source,
+        dest,
+        same_identity: report.same_identity,
+        progress: &progress,
+        chunks: HashMap::new(),
+        trees: HashMap::new(),
+        blobs_added: 0,
+        blob_bytes_added: 0,
+    };
+    for (id, snapshot) in pending {
+        let writer = dest.blob_writer();
+        let tree = copier.copy_tree(&writer, snapshot.tree)?;
+        report.bytes_added += writer.finish()?;
+
+        let copy = Snapshot {
+            tree,
+            parent: snapshot
+                .parent
+                .and_then(|parent| origins.get(&parent))
+                .and_then(|parent| copies.get(parent))
+                .copied(),
+            original: Some(origin(id, &snapshot)),
+            ..snapshot.clone()
+        };
+        lock.check()?;
+        let (copy_id, len) = dest.save_snapshot(&copy)?;
+        tracing::info!("copied snapshot {} as {}", id.short(), copy_id.short());
+        report.bytes_added += len;
+        copies.insert(origin(id, &snapshot), copy_id);
+        report.copied.push(CopiedSnapshot {
+            source: id,
+            copy: copy_id,
+        });
+        progress.add_items(1);
+    }
+    drop(lock);
+    report.blobs_added = copier.blobs_added;
+    report.blob_bytes_added = copier.blob_bytes_added;
+    Ok(report)
+}
+
+/// Loads the snapshots to copy, oldest first: the named ones, or all readable
+/// ones, and of those only the ones with every requested tag.
+fn select_snapshots(
+    source: &Repository,
+    options: &CopyOptions,
+) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+    let mut selected = if options.snapshots.is_empty() {
+        source.readable_snapshots()?
+    } else {
+        let mut named = Vec::new();
+        let mut seen = HashSet::new();
+        for id in &options.snapshots {
+            if seen.insert(*id) {
+                named.push((*id, source.load_snapshot(id)?));
+            }
+        }
+        named.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        named
+    };
+    selected.retain(|(_, snapshot)| options.tags.iter().all(|tag| snapshot.tags.contains(tag)));
+    Ok(selected)
+}
+
+/// A directory being copied: its source tree and the entries copied so far.
+struct Frame {
+    source: TreeId,
+    tree: Arc<Tree>,
+    next: usize,
+    nodes: Vec<Node>,
+}
+
+/// The state of one copy run: which blobs are copied, and under which ids.
+struct Copier<'a> {
+    source: &'a Repository,
+    dest: &'a Repository,
+    same_identity: bool,
+    progress: &'a Progress,
+    /// Source chunk id to destination chunk id, for chunks read in this run.
+    chunks: HashMap<ChunkId, ChunkId>,
+    /// Source tree id to destination tree id, for trees whose whole content was
+    /// copied in this run.
+    trees: HashMap<TreeId, TreeId>,
+    blobs_added: u64,
+    blob_bytes_added: u64,
+}
+
+impl Copier<'_> {
+    /// Copies a tree and everything below it that the destination lacks, and
+    /// returns the tree's id in the destination.
+    ///
+    /// Every tree is walked even if the destination lists it, because a killed
+    /// run can leave a tree whose chunks never reached a written pack. Only trees
+    /// completed in this run are skipped. The walk uses its own stack, because
+    /// directories can nest thousands deep.
+    fn copy_tree(&mut self, writer: &BlobWriter<'_>, root: TreeId) -> Result<TreeId, RepoError> {
+        if let Some(id) = self.trees.get(&root) {
+            return Ok(*id);
+        }
+        let mut stack = vec![self.frame(root)?];
+        loop {
+            let frame = stack
+                .last_mut()
+                .expect("the root frame stays on the stack until it returns");
+            if let Some(node) = frame.tree.nodes.get(frame.next) {
+                frame.next += 1;
+                let mut node = node.clone();
+                match (node.kind, node.subtree) {
+                    (NodeKind::File, _) => {
+                        for extent in &mut node.content {
+                            if let Extent::Data { id, .. } = extent {
+                                *id = self.copy_chunk(writer, *id)?;
+                            }
+                        }
+                        frame.nodes.push(node);
+                    }
+                    (NodeKind::Dir, Some(subtree)) => match self.trees.get(&subtree) {
+                        Some(copied) => {
+                            node.subtree = Some(*copied);
+                            frame.nodes.push(node);
+                        }
+                        None => {
+                            // The subtree id is set when the child frame finishes.
+                            frame.nodes.push(node);
+                            let child = self.frame(subtree)?;
+                            stack.push(child);
+                        }
+                    },
+                    _ => frame.nodes.push(node),
+                }
+                continue;
+            }
+
+            let frame = stack.pop().expect("checked above");
+            let id = self.store_tree(writer, frame.source, frame.nodes)?;
+            self.trees.insert(frame.source, id);
+            match stack.last_mut() {
+                Some(parent) => {
+                    let node = parent
+                        .nodes
+                        .last_mut()
+                        .expect("the directory node was pushed");
+                    node.subtree = Some(id);
+                }
+                None => return Ok(id),
+            }
+        }
+    }
+
+    fn frame(&self, source: TreeId) -> Result<Frame, RepoError> {
+        let tree = self.source.load_tree(&source)?;
+        Ok(Frame {
+            source,
+            nodes: Vec::with_capacity(tree.nodes.len()),
+            tree,
+            next: 0,
+        })
+    }
+
+    /// Stores a directory's tree in the destination unless it is there, and
+    /// returns its id there.
+    fn store_tree(
+        &mut self,
+        writer: &BlobWriter<'_>,
+        source_id: TreeId,
+        nodes: Vec<Node>,
+    ) -> Result<TreeId, RepoError> {
+        if !self.same_identity {
+            let (id, stored) = writer.store_tree_if_new(&Tree { nodes })?;
+            if let Some(len) = stored {
+                self.blobs_added += 1;
+                self.blob_bytes_added += len;
+                self.progress.add_bytes(len);
+            }
+            return Ok(id);
+        }
+        // The source's exact bytes keep the id valid, since both repositories
+        // compute tree ids with the same key.
+        if writer.reserve(&source_id.0) {
+            let plain = self.source.read_blob(BlobKind::Tree, &source_id.0)?;
+            self.add_blob(writer, BlobKind::Tree, source_id.0, &plain)?;
+        }
+        Ok(source_id)
+    }
+
+    /// Copies a chunk unless the destination contains it, and returns its id
+    /// there.
+    fn copy_chunk(&mut self, writer: &BlobWriter<'_>, id: ChunkId) -> Result<ChunkId, RepoError> {
+        if self.same_identity {
+            if writer.reserve(&id.0) {
+                let plain = self.source.read_chunk(&id)?;
+                self.add_blob(writer, BlobKind::Chunk, id.0, &plain)?;
+            }
+            return Ok(id);
+        }
+        if let Some(copied) = self.chunks.get(&id) {
+            return Ok(*copied);
+        }
+        let plain = self.source.read_chunk(&id)?;
+        let copied = self.dest.keys().chunk_id(&plain);
+        if writer.reserve(&copied.0) {
+            self.add_blob(writer, BlobKind::Chunk, copied.0, &plain)?;
+        }
+        self.chunks.insert(id, copied);
+        Ok(copied)
+    }
+
+    /// Seals a blob under the destination's keys and adds it to a pack.
+    fn add_blob(
+        &mut self,
+        writer: &BlobWriter<'_>,
+        kind: BlobKind,
+        id: [u8; 32],
+        plain: &[u8],
+    ) -> Result<(), RepoError> {
+        let sealed = self
+            .dest
+            .keys()
+            .seal(
+                kind.object_kind(),
+                &id,
+                plain,
+                self.dest.config().compression_level,
+            )
+            .map_err(|e| RepoError::Damaged {
+                object: format!("copied blob {}", hex::encode(&id[..4])),
+                detail: e.to_string(),
+            })?;
+        writer.add(kind, id, &sealed, plain.len() as u32)?;
+        self.blobs_added += 1;
+        self.blob_bytes_added += plain.len() as u64;
+        self.progress.add_bytes(plain.len() as u64);
+        Ok(())
+    }
+}
