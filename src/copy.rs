@@ -1,7 +1,7 @@
 //! Copying snapshots from one repository to another.
 //!
 //! A copied snapshot records the id of the snapshot it copies in its
-//! `original` field, so a later copy skips it. The destination then holds its
+//! `original` field, so a later copy skips it. The destination then stores its
 //! own blobs, sealed under its own keys, and reads them without the source.
 //!
 //! When both repositories share the identity secret (one was made with
@@ -31,7 +31,7 @@ use crate::tree::{Extent, Node, NodeKind, Tree};
 /// Settings of one copy run.
 #[derive(Clone, Debug, Default)]
 pub struct CopyOptions {
-    /// Source snapshots to copy; every readable snapshot when empty.
+    /// Source snapshots to copy, or every readable snapshot when empty.
     pub snapshots: Vec<SnapshotId>,
     /// Copy only snapshots that carry every one of these tags.
     pub tags: Vec<String>,
@@ -62,6 +62,8 @@ pub struct CopyReport {
     pub blobs_added: u64,
     /// Plaintext bytes of the blobs written to the destination.
     pub blob_bytes_added: u64,
+    /// Chunks read from the source.
+    pub chunks_read: u64,
     /// Bytes of packs, index files and snapshots written to the destination.
     pub bytes_added: u64,
     /// True when both repositories share the identity secret, so that blobs
@@ -70,7 +72,7 @@ pub struct CopyReport {
 }
 
 /// Returns the id under which a snapshot is known in every repository that
-/// holds a copy of it: its `original`, or its own id if it is not a copy.
+/// contains a copy of it: its `original`, or its own id if it is not a copy.
 fn origin(id: SnapshotId, snapshot: &Snapshot) -> SnapshotId {
     snapshot.original.unwrap_or(id)
 }
@@ -100,13 +102,13 @@ pub fn copy(
     }
 
     // Copies in the destination, by the id of the snapshot they copy.
-    let mut copies: HashMap<SnapshotId, SnapshotId> = dest
+    let mut copies: HashMap<SnapshotId, (SnapshotId, TreeId)> = dest
         .readable_snapshots()?
         .into_iter()
-        .map(|(id, snapshot)| (origin(id, &snapshot), id))
+        .map(|(id, snapshot)| (origin(id, &snapshot), (id, snapshot.tree)))
         .collect();
-    let origins: HashMap<SnapshotId, SnapshotId> = source
-        .readable_snapshots()?
+    let source_snapshots = source.readable_snapshots()?;
+    let origins: HashMap<SnapshotId, SnapshotId> = source_snapshots
         .iter()
         .map(|(id, snapshot)| (*id, origin(*id, snapshot)))
         .collect();
@@ -131,10 +133,18 @@ pub fn copy(
         progress: &progress,
         chunks: HashMap::new(),
         trees: HashMap::new(),
+        seeded: HashSet::new(),
         blobs_added: 0,
         blob_bytes_added: 0,
+        chunks_read: 0,
     };
     for (id, snapshot) in pending {
+        if !copier.same_identity
+            && let Some((source_tree, dest_tree)) =
+                earlier_copy(&snapshot, &source_snapshots, &origins, &copies)
+        {
+            copier.seed(source_tree, dest_tree)?;
+        }
         let writer = dest.blob_writer();
         let tree = copier.copy_tree(&writer, snapshot.tree)?;
         report.bytes_added += writer.finish()?;
@@ -145,7 +155,7 @@ pub fn copy(
                 .parent
                 .and_then(|parent| origins.get(&parent))
                 .and_then(|parent| copies.get(parent))
-                .copied(),
+                .map(|(copy_id, _)| *copy_id),
             original: Some(origin(id, &snapshot)),
             ..snapshot.clone()
         };
@@ -153,7 +163,7 @@ pub fn copy(
         let (copy_id, len) = dest.save_snapshot(&copy)?;
         tracing::info!("copied snapshot {} as {}", id.short(), copy_id.short());
         report.bytes_added += len;
-        copies.insert(origin(id, &snapshot), copy_id);
+        copies.insert(origin(id, &snapshot), (copy_id, copy.tree));
         report.copied.push(CopiedSnapshot {
             source: id,
             copy: copy_id,
@@ -163,7 +173,33 @@ pub fn copy(
     drop(lock);
     report.blobs_added = copier.blobs_added;
     report.blob_bytes_added = copier.blob_bytes_added;
+    report.chunks_read = copier.chunks_read;
     Ok(report)
+}
+
+/// Finds a snapshot copied before that probably shares most content with
+/// `snapshot`: its parent, or else the newest one with the same host name and
+/// paths. Returns its tree in the source and the tree of its copy.
+fn earlier_copy(
+    snapshot: &Snapshot,
+    source_snapshots: &[(SnapshotId, Snapshot)],
+    origins: &HashMap<SnapshotId, SnapshotId>,
+    copies: &HashMap<SnapshotId, (SnapshotId, TreeId)>,
+) -> Option<(TreeId, TreeId)> {
+    let copied = |id: &SnapshotId| {
+        let (_, copy_tree) = copies.get(origins.get(id)?)?;
+        Some(*copy_tree)
+    };
+    let by_parent = snapshot.parent.and_then(|parent| {
+        let (_, earlier) = source_snapshots.iter().find(|(id, _)| *id == parent)?;
+        Some((earlier.tree, copied(&parent)?))
+    });
+    by_parent.or_else(|| {
+        source_snapshots.iter().rev().find_map(|(id, earlier)| {
+            let alike = earlier.hostname == snapshot.hostname && earlier.paths == snapshot.paths;
+            alike.then(|| copied(id).map(|copy_tree| (earlier.tree, copy_tree)))?
+        })
+    })
 }
 
 /// Loads the snapshots to copy, oldest first: the named ones, or all readable
@@ -206,13 +242,140 @@ struct Copier<'a> {
     /// Source chunk id to destination chunk id, for chunks read in this run.
     chunks: HashMap<ChunkId, ChunkId>,
     /// Source tree id to destination tree id, for trees whose whole content was
-    /// copied in this run.
+    /// copied in this run or found complete in an earlier copy.
     trees: HashMap<TreeId, TreeId>,
+    /// Pairs of source and destination trees compared by [`Copier::seed`].
+    seeded: HashSet<(TreeId, TreeId)>,
     blobs_added: u64,
     blob_bytes_added: u64,
+    chunks_read: u64,
+}
+
+/// A pair of directories being compared: a source tree and the tree of an
+/// earlier copy of it.
+struct SeedFrame {
+    source: TreeId,
+    dest: TreeId,
+    source_tree: Arc<Tree>,
+    dest_tree: Arc<Tree>,
+    next: usize,
+    /// False once an entry differs other than by its ids.
+    matches: bool,
+}
+
+/// Returns a node without its chunk and subtree ids, to compare a source node
+/// with its copy.
+fn without_ids(node: &Node) -> Node {
+    let mut node = node.clone();
+    node.subtree = None;
+    for extent in &mut node.content {
+        if let Extent::Data { id, .. } = extent {
+            *id = ChunkId([0; 32]);
+        }
+    }
+    node
 }
 
 impl Copier<'_> {
+    /// Learns the destination ids of chunks and trees from an earlier copy,
+    /// so that the chunks of unchanged files are not read again when the
+    /// repositories do not share the identity secret.
+    ///
+    /// The source tree and the copy's tree are walked side by side. Entries
+    /// must be equal except for their ids, which is what `copy` writes, so a
+    /// copy that `repair snapshots` changed maps only where it still matches.
+    /// A chunk is mapped when the destination's index lists its copy, and a
+    /// tree only when its whole content matches.
+    fn seed(&mut self, source_root: TreeId, dest_root: TreeId) -> Result<(), RepoError> {
+        let mut stack = match self.seed_frame(source_root, dest_root)? {
+            Some(frame) => vec![frame],
+            None => return Ok(()),
+        };
+        while let Some(frame) = stack.last_mut() {
+            let position = frame.next;
+            frame.next += 1;
+            let pair = frame
+                .source_tree
+                .nodes
+                .get(position)
+                .zip(frame.dest_tree.nodes.get(position));
+            if let Some((source_node, dest_node)) = pair {
+                if without_ids(source_node) != without_ids(dest_node) {
+                    frame.matches = false;
+                    continue;
+                }
+                for (source_extent, dest_extent) in
+                    source_node.content.iter().zip(&dest_node.content)
+                {
+                    if let (Extent::Data { id: from, .. }, Extent::Data { id: to, .. }) =
+                        (source_extent, dest_extent)
+                    {
+                        if self.dest.index().contains(&to.0) {
+                            self.chunks.insert(*from, *to);
+                        } else {
+                            frame.matches = false;
+                        }
+                    }
+                }
+                if let (Some(from), Some(to)) = (source_node.subtree, dest_node.subtree) {
+                    match self.trees.get(&from) {
+                        Some(known) => frame.matches &= *known == to,
+                        None => match self.seed_frame(from, to)? {
+                            Some(child) => stack.push(child),
+                            // Compared before, and not complete.
+                            None => frame.matches = false,
+                        },
+                    }
+                }
+                continue;
+            }
+
+            let frame = stack
+                .pop()
+                .expect("the loop runs while the stack has a frame");
+            let complete = frame.matches
+                && frame.source_tree.nodes.len() == frame.dest_tree.nodes.len()
+                && self.dest.index().contains(&frame.dest.0);
+            if complete {
+                self.trees.insert(frame.source, frame.dest);
+            }
+            if let Some(parent) = stack.last_mut() {
+                parent.matches &= complete;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a pair of trees to compare, or returns `None` if the pair was
+    /// compared before or either tree cannot be read.
+    fn seed_frame(&mut self, source: TreeId, dest: TreeId) -> Result<Option<SeedFrame>, RepoError> {
+        if !self.seeded.insert((source, dest)) {
+            return Ok(None);
+        }
+        let load = |repo: &Repository, id: &TreeId| match repo.load_tree(id) {
+            Ok(tree) => Ok(Some(tree)),
+            Err(e @ (RepoError::Damaged { .. } | RepoError::Missing(_))) => {
+                tracing::warn!("not reusing the ids of an earlier copy: {e}");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+        let Some(source_tree) = load(self.source, &source)? else {
+            return Ok(None);
+        };
+        let Some(dest_tree) = load(self.dest, &dest)? else {
+            return Ok(None);
+        };
+        Ok(Some(SeedFrame {
+            source,
+            dest,
+            source_tree,
+            dest_tree,
+            next: 0,
+            matches: true,
+        }))
+    }
+
     /// Copies a tree and everything below it that the destination lacks, and
     /// returns the tree's id in the destination.
     ///
@@ -258,7 +421,9 @@ impl Copier<'_> {
                 continue;
             }
 
-            let frame = stack.pop().expect("checked above");
+            let frame = stack
+                .pop()
+                .expect("the loop runs while the stack has a frame");
             let id = self.store_tree(writer, frame.source, frame.nodes)?;
             self.trees.insert(frame.source, id);
             match stack.last_mut() {
@@ -315,6 +480,7 @@ impl Copier<'_> {
     fn copy_chunk(&mut self, writer: &BlobWriter<'_>, id: ChunkId) -> Result<ChunkId, RepoError> {
         if self.same_identity {
             if writer.reserve(&id.0) {
+                self.chunks_read += 1;
                 let plain = self.source.read_chunk(&id)?;
                 self.add_blob(writer, BlobKind::Chunk, id.0, &plain)?;
             }
@@ -323,6 +489,7 @@ impl Copier<'_> {
         if let Some(copied) = self.chunks.get(&id) {
             return Ok(*copied);
         }
+        self.chunks_read += 1;
         let plain = self.source.read_chunk(&id)?;
         let copied = self.dest.keys().chunk_id(&plain);
         if writer.reserve(&copied.0) {

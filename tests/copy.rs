@@ -439,3 +439,33 @@ fn init_like_wrong_password_exits_12() {
         "a repository was created"
     );
 }
+
+#[test]
+fn copy_unrelated_reads_only_new_chunks() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    write_source(&src);
+    fixture.backup(&[&src], &[]);
+    let dest = OtherRepo::init(&fixture, "offsite", "offsite password", &[]);
+    let summary = dest.copy_json(&fixture, &[]);
+    // Two small files and at least one chunk of big.bin; where big.bin is cut
+    // depends on the repository's random gear table.
+    assert!(number(&summary, "chunks_read") >= 3, "{summary}");
+
+    // The next copy learns the ids of unchanged chunks from the first copy,
+    // so it reads only the chunk of the new file.
+    write_file(&src, "notes/c.txt", b"added later\n");
+    fixture.backup(&[&src], &[]);
+    let summary = dest.copy_json(&fixture, &[]);
+    assert_eq!(number(&summary, "snapshots_copied"), 1, "{summary}");
+    assert_eq!(number(&summary, "chunks_read"), 1, "{summary}");
+
+    let copy_id = summary["snapshots"][0]["copy"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = fixture.path("restored");
+    dest.restore(&copy_id, &target);
+    assert_same_tree(&src, &restored_path(&target, &src));
+    dest.run_ok(&["check", "--read-data"]);
+}

@@ -172,6 +172,7 @@ fn print_summary(
             "snapshots_already_present": report.already_present,
             "blobs_added": report.blobs_added,
             "blob_bytes_added": report.blob_bytes_added,
+            "chunks_read": report.chunks_read,
             "bytes_added": report.bytes_added,
             "same_identity": report.same_identity,
             "snapshots": report.copied.iter().map(|c| serde_json::json!({
@@ -198,7 +199,7 @@ fn print_summary(
             to.display()
         );
     }
-    let how = if report.same_identity {
+    let id_mode = if report.same_identity {
         "by id (shared identity secret)"
     } else {
         "with new ids (different identity secrets)"
@@ -209,7 +210,7 @@ fn print_summary(
         report.already_present
     );
     println!(
-        "{} new blobs ({} of content) copied {how}; added {} to {}",
+        "{} new blobs ({} of content) copied {id_mode}; added {} to {}",
         report.blobs_added,
         human_bytes(report.blob_bytes_added),
         human_bytes(report.bytes_added),

@@ -7,7 +7,7 @@
 //! the config MAC key derive. `key rotate` appends an epoch, and everything
 //! written afterwards is sealed under the newest one.
 //!
-//! Every key slot holds the whole key material, sealed to the slot's X25519
+//! Every key slot stores the whole key material, sealed to the slot's X25519
 //! public key. The slot's private key is wrapped under the key that Argon2id
 //! derives from the slot's password. Sealing to a public key is what lets
 //! `key rotate` hand a new epoch to every slot while knowing only one password.
@@ -344,6 +344,18 @@ mod tests {
         assert!(material.validate().is_err());
         material.epochs.clear();
         assert!(material.validate().is_err());
+    }
+
+    /// The sizes that `docs/format.md` gives for a new repository's key slot.
+    #[test]
+    fn sizes_match_format_doc() {
+        let material = KeyMaterial::generate();
+        assert_eq!(postcard::to_allocvec(&material).unwrap().len(), 66);
+        let (private, public) = generate_slot_key_pair();
+        let sealed = seal_material(&public, b"slot", &material).unwrap();
+        assert_eq!(sealed.ciphertext.len(), 82);
+        let (_, wrapped) = wrap_slot_secret(&[1; 32], b"slot", &private, &[2; 32]).unwrap();
+        assert_eq!(wrapped.len(), 80);
     }
 
     #[test]
