@@ -469,3 +469,75 @@ fn copy_unrelated_reads_only_new_chunks() {
     assert_same_tree(&src, &restored_path(&target, &src));
     dest.run_ok(&["check", "--read-data"]);
 }
+
+#[test]
+fn killed_copy_leaves_destination_readable() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    for round in 0..5u64 {
+        for file in 0..3u64 {
+            let contents = pseudo_random_bytes(2 << 20, round * 10 + file);
+            write_file(&src, &format!("round-{round}/file-{file}"), &contents);
+        }
+        fixture.backup(&[&src], &[]);
+    }
+    // A clean copy into a repository of its own gives the duration that the
+    // kill delays are drawn from.
+    let reference = OtherRepo::init(&fixture, "reference", "reference password", &[]);
+    let started = std::time::Instant::now();
+    reference.copy_json(&fixture, &[]);
+    let duration = started.elapsed();
+
+    // Kills land at different points of the copy: while the repositories are
+    // opened, while packs are written, between index files and snapshots, or
+    // after it finished. Whatever was written, the destination must pass
+    // `check`.
+    let dest = OtherRepo::init(&fixture, "offsite", "offsite password", &[]);
+    for tenths in 3..=9 {
+        let delay = duration.mul_f64(f64::from(tenths) / 10.0);
+        let mut child = cairn_command()
+            .arg("--repo")
+            .arg(&dest.repo)
+            .arg("--password-file")
+            .arg(&dest.password_file)
+            .arg("copy")
+            .arg("--from")
+            .arg(&fixture.repo)
+            .arg("--from-password-file")
+            .arg(&fixture.password_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        child.wait().unwrap();
+        let check = dest.run(&["check"]);
+        assert_eq!(
+            check.status.code(),
+            Some(EXIT_OK),
+            "check after a kill {delay:?} into the copy: {}",
+            describe(&check)
+        );
+    }
+
+    let summary = dest.copy_json(&fixture, &[]);
+    assert_eq!(
+        number(&summary, "snapshots_copied") + number(&summary, "snapshots_already_present"),
+        5,
+        "{summary}"
+    );
+    assert_eq!(dest.snapshots().len(), 5);
+    let copy_of_latest = &originals(&dest.snapshots())[&snapshot_id_of_latest(&fixture)];
+    let target = fixture.path("restored");
+    dest.restore(copy_of_latest, &target);
+    assert_same_tree(&src, &restored_path(&target, &src));
+    dest.run_ok(&["check", "--read-data"]);
+}
+
+/// Returns the id of the newest snapshot of the fixture's repository.
+fn snapshot_id_of_latest(fixture: &Fixture) -> String {
+    let snapshots = fixture.snapshots();
+    let latest = snapshots.last().expect("the repository has a snapshot");
+    latest["id"].as_str().unwrap().to_string()
+}

@@ -319,11 +319,6 @@ impl super::Repository {
         self.write_key_file(&file)?;
         Ok(epoch)
     }
-
-    /// Returns the key material that opened the repository.
-    pub fn key_material(&self) -> &KeyMaterial {
-        &self.material
-    }
 }
 
 fn validate_slot_name(name: &str) -> Result<(), super::RepoError> {
