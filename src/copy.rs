@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::progress::Progress;
+use crate::repository::lock::LockGuard;
 use crate::repository::pack::BlobKind;
 use crate::repository::{BlobWriter, RepoError, Repository};
 use crate::snapshot::Snapshot;
@@ -145,25 +146,20 @@ pub fn copy(
         {
             copier.seed(source_tree, dest_tree)?;
         }
-        let writer = dest.blob_writer();
-        let tree = copier.copy_tree(&writer, snapshot.tree)?;
-        report.bytes_added += writer.finish()?;
-
+        let parent = snapshot
+            .parent
+            .and_then(|parent| origins.get(&parent))
+            .and_then(|parent| copies.get(parent))
+            .map(|(copy_id, _)| *copy_id);
         let copy = Snapshot {
-            tree,
-            parent: snapshot
-                .parent
-                .and_then(|parent| origins.get(&parent))
-                .and_then(|parent| copies.get(parent))
-                .map(|(copy_id, _)| *copy_id),
+            parent,
             original: Some(origin(id, &snapshot)),
-            ..snapshot.clone()
+            ..snapshot
         };
-        lock.check()?;
-        let (copy_id, len) = dest.save_snapshot(&copy)?;
+        let (copy_id, copy, bytes) = copier.copy_snapshot(copy, &lock)?;
         tracing::info!("copied snapshot {} as {}", id.short(), copy_id.short());
-        report.bytes_added += len;
-        copies.insert(origin(id, &snapshot), (copy_id, copy.tree));
+        report.bytes_added += bytes;
+        copies.insert(origin(id, &copy), (copy_id, copy.tree));
         report.copied.push(CopiedSnapshot {
             source: id,
             copy: copy_id,
@@ -277,6 +273,23 @@ fn without_ids(node: &Node) -> Node {
 }
 
 impl Copier<'_> {
+    /// Copies the blobs of a snapshot that the destination lacks, then saves the
+    /// snapshot with its tree replaced by the tree's id in the destination.
+    /// Returns the new snapshot's id, the snapshot, and the bytes written.
+    fn copy_snapshot(
+        &mut self,
+        mut snapshot: Snapshot,
+        lock: &LockGuard,
+    ) -> Result<(SnapshotId, Snapshot, u64), RepoError> {
+        let writer = self.dest.blob_writer();
+        snapshot.tree = self.copy_tree(&writer, snapshot.tree)?;
+        let mut bytes = writer.finish()?;
+        lock.check()?;
+        let (id, len) = self.dest.save_snapshot(&snapshot)?;
+        bytes += len;
+        Ok((id, snapshot, bytes))
+    }
+
     /// Learns the destination ids of chunks and trees from an earlier copy,
     /// so that the chunks of unchanged files are not read again when the
     /// repositories do not share the identity secret.
