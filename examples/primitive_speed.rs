@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use cairn::crypto::{Keys, ObjectKind, RootSecret};
+use cairn::crypto::{KeyMaterial, Keys, ObjectKind};
 use rayon::prelude::*;
 
 const PIECE: usize = 1 << 20;
@@ -28,7 +28,7 @@ fn main() {
         data.extend(std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}")));
     }
     assert!(!data.is_empty(), "usage: primitive_speed FILE...");
-    let keys = Keys::derive([1; 16], &RootSecret::generate());
+    let keys = Keys::derive([1; 16], &KeyMaterial::generate());
 
     measure("blake3-keyed", &data, |p| {
         std::hint::black_box(keys.chunk_id(p));

@@ -261,6 +261,7 @@ fn run_backup(
         paths: path_bytes,
         tree,
         parent: parent.map(|(id, _)| id),
+        original: None,
         tags: options.tags.clone(),
         incomplete: !errors.is_empty(),
         program_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -6,6 +6,10 @@
 //! path = "/srv/backup/main"
 //! password_file = "/etc/cairn/main.pw"
 //!
+//! [repositories.offline]
+//! path = "/mnt/offline/cairn"
+//! password_file = "/etc/cairn/offline.pw"
+//!
 //! [datasets.home]
 //! repository = "main"
 //! paths = ["/home"]
@@ -13,6 +17,7 @@
 //! schedule = "*-*-* 02:30"
 //! keep_daily = 7
 //! keep_weekly = 4
+//! copy_to = ["offline"]
 //! before = ["pg_dump -f /var/backups/shop.sql shop"]
 //! ```
 //!
@@ -98,8 +103,8 @@ pub struct DatasetConfig {
     pub keep_yearly: Option<Spanned<u32>>,
     /// Duration such as `30d` or `1y6m`, as for `forget --keep-within`.
     pub keep_within: Option<Spanned<String>>,
-    /// Repositories to copy new snapshots to. Copying is not implemented yet, so
-    /// a dataset that sets it fails `cairn run` after its backup.
+    /// Repositories that `cairn run` copies the dataset's snapshots to, after
+    /// the backup and the retention policy.
     #[serde(default)]
     pub copy_to: Vec<Spanned<String>>,
     /// Shell commands run with `sh -c` before the backup; the first that fails
@@ -437,23 +442,19 @@ impl LoadedConfig {
                 format!("no repository of this name is defined; add [repositories.{repository}]"),
             ));
         }
+        let mut seen = std::collections::HashSet::new();
         for target in &dataset.copy_to {
-            if !repositories.contains_key(target.get_ref().as_str()) {
-                problems.push(self.dataset_error(
-                    name,
-                    "copy_to",
-                    target.span(),
-                    "no repository of this name is defined".into(),
-                ));
-            }
-        }
-        if let Some(first) = dataset.copy_to.first() {
-            problems.push(self.problem(
-                Severity::Warning,
-                first.span(),
-                &format!("datasets.{name}.copy_to"),
-                "copying snapshots to another repository is not available yet: `cairn run` backs up into the dataset's repository only and then fails".into(),
-            ));
+            let target_name = target.get_ref();
+            let message = if !repositories.contains_key(target_name.as_str()) {
+                format!("no repository of this name is defined; add [repositories.{target_name}]")
+            } else if target_name == repository {
+                "this is the dataset's own repository; list only other repositories".into()
+            } else if !seen.insert(target_name) {
+                "this repository is listed twice".into()
+            } else {
+                continue;
+            };
+            problems.push(self.dataset_error(name, "copy_to", target.span(), message));
         }
     }
 
@@ -601,11 +602,33 @@ keep_within = "30d"
     }
 
     #[test]
-    fn copy_to_is_a_warning() {
-        let text = format!("{VALID}copy_to = [\"main\"]\n");
+    fn copy_to_other_repository_is_valid() {
+        let text = VALID.replace(
+            "[datasets.home]",
+            "[repositories.offline]\npath = \"/mnt/offline\"\n\n[datasets.home]",
+        );
+        let text = format!("{text}copy_to = [\"offline\"]\n");
         let problems = parse(&text).unwrap().validate();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].severity, Severity::Warning);
+        assert_eq!(problems, Vec::new());
+    }
+
+    #[test]
+    fn copy_to_own_or_unknown_rejected() {
+        let text = format!("{VALID}copy_to = [\"main\", \"offsite\"]\n");
+        let problems = parse(&text).unwrap().validate();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        for problem in &problems {
+            assert_eq!(problem.severity, Severity::Error);
+            assert_eq!(problem.key, "datasets.home.copy_to");
+        }
+        assert!(
+            problems[0].message.contains("own repository"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].message.contains("no repository"),
+            "{problems:?}"
+        );
     }
 
     #[test]

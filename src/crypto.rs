@@ -1,22 +1,25 @@
-//! Key derivation, key slots and authenticated encryption of every stored object.
+//! Key derivation and authenticated encryption of every stored object.
 //!
-//! A repository has one 32-byte root secret, generated at `init`. It never leaves
-//! memory unwrapped: each key slot in the key file wraps it under a key-encryption
-//! key derived from a password with argon2id. Purpose-bound subkeys come from the
-//! root secret through `blake3::derive_key`, so that the chunk-id key, the chunker
-//! key and the encryption keys are independent.
+//! A repository's secrets are its key material (see [`material`]): an identity
+//! secret and one or more encryption epochs. Purpose-bound subkeys come from them
+//! through `blake3::derive_key`: the chunk-id, tree-id and chunker keys from the
+//! identity secret, and the encryption and config MAC keys from each epoch's
+//! secret. The key material never leaves memory unwrapped.
 //!
 //! Every sealed object has this layout (see `docs/format.md`):
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     object format version (1)
-//! 1       16    salt: random, selects the per-object AES key
-//! 17      12    nonce: random
-//! 29      n+16  AES-256-GCM-SIV ciphertext of the payload, tag last
+//! 0       1     object format version (2)
+//! 1       4     epoch number, u32 little endian: selects the epoch's keys
+//! 5       16    salt: random, selects the per-object AES key
+//! 21      12    nonce: random
+//! 33      n+16  AES-256-GCM-SIV ciphertext of the payload, tag last
 //! ```
 //!
 //! The payload starts with a compression byte (0 = stored, 1 = zstd).
+
+mod material;
 
 use std::fmt;
 
@@ -26,10 +29,15 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use self::material::{
+    EpochSecret, KeyMaterial, MAX_EPOCHS, SealedMaterial, generate_slot_key_pair, open_material,
+    seal_material, unwrap_slot_secret, wrap_slot_secret,
+};
+
 /// Version byte at the start of every sealed object.
-pub const OBJECT_VERSION: u8 = 1;
-/// Bytes before the ciphertext: version, salt and nonce.
-pub const SEAL_HEADER_LEN: usize = 1 + 16 + 12;
+pub const OBJECT_VERSION: u8 = 2;
+/// Bytes before the ciphertext: version, epoch, salt and nonce.
+pub const SEAL_HEADER_LEN: usize = 1 + 4 + 16 + 12;
 /// Bytes a sealed object adds to its payload: header and tag.
 pub const SEAL_OVERHEAD: usize = SEAL_HEADER_LEN + 16;
 
@@ -48,8 +56,8 @@ pub enum ObjectKind {
     Index = 4,
     /// A snapshot file.
     Snapshot = 5,
-    /// Reserved for a wrapped root secret inside a key slot; slots are wrapped
-    /// with their own binding today.
+    /// Reserved for key material inside a key slot, which is sealed with its own
+    /// binding instead (see `docs/format.md`, section 5).
     KeySlot = 6,
     /// A lock file.
     Lock = 7,
@@ -70,33 +78,23 @@ pub enum CryptoError {
     /// The key derivation function rejected its parameters.
     #[error("key derivation failed: {0}")]
     Kdf(String),
+    /// The object names an epoch that the key material does not contain, as
+    /// when it was written after a rotation that this material predates.
+    #[error("sealed under key epoch {0}, which the key material does not contain")]
+    UnknownEpoch(u32),
 }
 
-/// The secret all other keys derive from. `Debug` is redacted.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct RootSecret {
-    /// Key epoch: 0 at `init`.
-    pub epoch: u32,
-    /// 32 random bytes.
-    pub secret: [u8; 32],
+/// The encryption and config MAC keys of one epoch.
+#[derive(Clone)]
+struct EpochKeys {
+    epoch: u32,
+    data: [u8; 32],
+    metadata: [u8; 32],
+    config_mac: [u8; 32],
 }
 
-impl fmt::Debug for RootSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RootSecret(epoch {}, <redacted>)", self.epoch)
-    }
-}
-
-impl RootSecret {
-    /// Generates a new random root secret for epoch 0.
-    pub fn generate() -> Self {
-        let mut secret = [0u8; 32];
-        rand::rng().fill(&mut secret);
-        Self { epoch: 0, secret }
-    }
-}
-
-/// The subkeys of a repository, derived from its root secret. `Debug` is redacted.
+/// The subkeys of a repository, derived from its key material. `Debug` is
+/// redacted.
 #[derive(Clone)]
 pub struct Keys {
     /// Repository id, bound into every object's associated data.
@@ -104,30 +102,69 @@ pub struct Keys {
     chunk_id: [u8; 32],
     tree_id: [u8; 32],
     chunker: [u8; 32],
-    data: [u8; 32],
-    metadata: [u8; 32],
-    config_mac: [u8; 32],
+    /// One entry per epoch, in ascending order. The last one seals.
+    epochs: Vec<EpochKeys>,
 }
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Keys(repo {}, <redacted>)", hex::encode(self.repo_id))
+        write!(
+            f,
+            "Keys(repo {}, epoch {}, <redacted>)",
+            hex::encode(self.repo_id),
+            self.current_epoch()
+        )
     }
 }
 
 impl Keys {
-    /// Derives all subkeys from the root secret.
-    pub fn derive(repo_id: [u8; 16], root: &RootSecret) -> Self {
-        let derive = |context: &str| blake3::derive_key(context, &root.secret);
+    /// Derives all subkeys from validated key material.
+    pub fn derive(repo_id: [u8; 16], material: &KeyMaterial) -> Self {
+        let identity = |context: &str| blake3::derive_key(context, &material.identity);
+        let epochs = material
+            .epochs
+            .iter()
+            .map(|epoch| {
+                let derive = |context: &str| blake3::derive_key(context, &epoch.secret);
+                EpochKeys {
+                    epoch: epoch.epoch,
+                    data: derive("cairn 2026-12 v2 chunk encryption"),
+                    metadata: derive("cairn 2026-12 v2 metadata encryption"),
+                    config_mac: derive("cairn 2026-12 v2 config mac"),
+                }
+            })
+            .collect();
         Self {
             repo_id,
-            chunk_id: derive("cairn 2026-12 v1 chunk id"),
-            tree_id: derive("cairn 2026-12 v1 tree id"),
-            chunker: derive("cairn 2026-12 v1 chunker gear table"),
-            data: derive("cairn 2026-12 v1 chunk encryption"),
-            metadata: derive("cairn 2026-12 v1 metadata encryption"),
-            config_mac: derive("cairn 2026-12 v1 config mac"),
+            chunk_id: identity("cairn 2026-12 v2 chunk id"),
+            tree_id: identity("cairn 2026-12 v2 tree id"),
+            chunker: identity("cairn 2026-12 v2 chunker gear table"),
+            epochs,
         }
+    }
+
+    /// Returns the epoch that seals new objects.
+    pub fn current_epoch(&self) -> u32 {
+        self.current().epoch
+    }
+
+    fn current(&self) -> &EpochKeys {
+        self.epochs.last().expect("key material has an epoch")
+    }
+
+    fn epoch(&self, epoch: u32) -> Result<&EpochKeys, CryptoError> {
+        self.epochs
+            .binary_search_by_key(&epoch, |keys| keys.epoch)
+            .map(|position| &self.epochs[position])
+            .map_err(|_| CryptoError::UnknownEpoch(epoch))
+    }
+
+    /// Returns true when both keys come from the same identity secret, so that
+    /// the same content has the same chunk and tree ids under both.
+    pub fn same_identity(&self, other: &Keys) -> bool {
+        self.chunk_id == other.chunk_id
+            && self.tree_id == other.tree_id
+            && self.chunker == other.chunker
     }
 
     /// Computes the id of a chunk: keyed BLAKE3 of its plaintext.
@@ -140,9 +177,11 @@ impl Keys {
         crate::id::TreeId(*blake3::keyed_hash(&self.tree_id, encoded).as_bytes())
     }
 
-    /// Computes the MAC that authenticates the repository config.
+    /// Computes the MAC that authenticates the repository config, under the
+    /// config MAC key of the oldest epoch. `init` writes the config with its only
+    /// epoch, and no epoch is ever removed, so later epochs do not change it.
     pub fn config_mac(&self, encoded: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.config_mac, encoded).as_bytes()
+        *blake3::keyed_hash(&self.epochs[0].config_mac, encoded).as_bytes()
     }
 
     /// Fills a 256-entry gear table for the chunker from the chunker key, so that
@@ -157,14 +196,8 @@ impl Keys {
             .collect()
     }
 
-    fn key_for(&self, kind: ObjectKind) -> &[u8; 32] {
-        match kind {
-            ObjectKind::Chunk => &self.data,
-            _ => &self.metadata,
-        }
-    }
-
-    /// Compresses (when that helps) and encrypts a payload.
+    /// Compresses (when that helps) and encrypts a payload under the newest
+    /// epoch.
     ///
     /// `id` is bound into the associated data: pass the content id for chunks and
     /// trees, and all zeros for objects whose file name is the hash of their bytes.
@@ -208,21 +241,24 @@ impl Keys {
 
         // Each object gets its own key from a random salt, and GCM-SIV stays
         // safe if a nonce ever repeats, so no nonce counter has to be kept.
-        let cipher = object_cipher(self.key_for(kind), &salt);
-        let aad = self.associated_data(kind, id);
+        let epoch = self.current();
+        let cipher = object_cipher(epoch.key_for(kind), &salt);
+        let aad = self.associated_data(kind, id, epoch.epoch);
         cipher
             .encrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
             .map_err(|_| CryptoError::Malformed("payload too large to encrypt".into()))?;
 
         let mut out = Vec::with_capacity(SEAL_HEADER_LEN + payload.len());
         out.push(OBJECT_VERSION);
+        out.extend_from_slice(&epoch.epoch.to_le_bytes());
         out.extend_from_slice(&salt);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&payload);
         Ok(out)
     }
 
-    /// Decrypts and decompresses a sealed object.
+    /// Decrypts and decompresses a sealed object with the keys of the epoch
+    /// named in its header.
     ///
     /// `max_len` bounds the decompressed size, so that a damaged object cannot make
     /// the reader allocate without limit.
@@ -246,12 +282,14 @@ impl Keys {
                 sealed[0]
             )));
         }
-        let salt: [u8; 16] = sealed[1..17].try_into().expect("16-byte slice");
-        let nonce: [u8; 12] = sealed[17..29].try_into().expect("12-byte slice");
+        let epoch = sealed_epoch(sealed).expect("length checked above");
+        let salt: [u8; 16] = sealed[5..21].try_into().expect("16-byte slice");
+        let nonce: [u8; 12] = sealed[21..33].try_into().expect("12-byte slice");
         let mut payload = sealed[SEAL_HEADER_LEN..].to_vec();
 
-        let cipher = object_cipher(self.key_for(kind), &salt);
-        let aad = self.associated_data(kind, id);
+        let keys = self.epoch(epoch)?;
+        let cipher = object_cipher(keys.key_for(kind), &salt);
+        let aad = self.associated_data(kind, id, epoch);
         cipher
             .decrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
             .map_err(|_| CryptoError::Authentication)?;
@@ -275,15 +313,32 @@ impl Keys {
         }
     }
 
-    fn associated_data(&self, kind: ObjectKind, id: &[u8; 32]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(5 + 16 + 1 + 32 + 1);
+    fn associated_data(&self, kind: ObjectKind, id: &[u8; 32], epoch: u32) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(5 + 16 + 1 + 32 + 1 + 4);
         aad.extend_from_slice(b"cairn");
         aad.extend_from_slice(&self.repo_id);
         aad.push(kind as u8);
         aad.extend_from_slice(id);
         aad.push(OBJECT_VERSION);
+        aad.extend_from_slice(&epoch.to_le_bytes());
         aad
     }
+}
+
+impl EpochKeys {
+    fn key_for(&self, kind: ObjectKind) -> &[u8; 32] {
+        match kind {
+            ObjectKind::Chunk => &self.data,
+            _ => &self.metadata,
+        }
+    }
+}
+
+/// Returns the epoch number in a sealed object's header, or `None` when the bytes
+/// are too short to hold a header.
+pub fn sealed_epoch(sealed: &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = sealed.get(1..5)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes))
 }
 
 thread_local! {
@@ -379,43 +434,12 @@ impl KdfParams {
     }
 }
 
-/// Wraps a root secret under a password-derived key.
-pub fn wrap_root(
-    kek: &[u8; 32],
-    binding: &[u8],
-    root: &RootSecret,
-) -> Result<([u8; 12], Vec<u8>), CryptoError> {
-    let mut nonce = [0u8; 12];
-    rand::rng().fill(&mut nonce);
-    let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte key");
-    let mut buffer = postcard::to_allocvec(root).expect("root secret encodes");
-    cipher
-        .encrypt_in_place(&Nonce::from(nonce), binding, &mut buffer)
-        .map_err(|_| CryptoError::Authentication)?;
-    Ok((nonce, buffer))
-}
-
-/// Unwraps a root secret; fails with `Authentication` on a wrong password.
-pub fn unwrap_root(
-    kek: &[u8; 32],
-    binding: &[u8],
-    nonce: &[u8; 12],
-    wrapped: &[u8],
-) -> Result<RootSecret, CryptoError> {
-    let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte key");
-    let mut buffer = wrapped.to_vec();
-    cipher
-        .decrypt_in_place(&Nonce::from(*nonce), binding, &mut buffer)
-        .map_err(|_| CryptoError::Authentication)?;
-    postcard::from_bytes(&buffer).map_err(|e| CryptoError::Malformed(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn keys() -> Keys {
-        Keys::derive([7; 16], &RootSecret::generate())
+        Keys::derive([7; 16], &KeyMaterial::generate())
     }
 
     #[test]
@@ -493,19 +517,55 @@ mod tests {
     }
 
     #[test]
-    fn wrap_unwrap_rejects_wrong_password() {
-        let params = KdfParams {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let root = RootSecret::generate();
-        let kek = params.derive(b"right", b"saltsaltsaltsalt").unwrap();
-        let (nonce, wrapped) = wrap_root(&kek, b"slot", &root).unwrap();
-        let back = unwrap_root(&kek, b"slot", &nonce, &wrapped).unwrap();
-        assert_eq!(back.secret, root.secret);
-        let wrong = params.derive(b"wrong", b"saltsaltsaltsalt").unwrap();
-        assert!(unwrap_root(&wrong, b"slot", &nonce, &wrapped).is_err());
+    fn open_uses_epoch_of_header() {
+        let mut material = KeyMaterial::generate();
+        let old = Keys::derive([7; 16], &material);
+        let before = old
+            .seal(ObjectKind::Snapshot, &[0; 32], b"before", 0)
+            .unwrap();
+        material.add_epoch().unwrap();
+        let new = Keys::derive([7; 16], &material);
+        let after = new
+            .seal(ObjectKind::Snapshot, &[0; 32], b"after", 0)
+            .unwrap();
+
+        assert_eq!(sealed_epoch(&before), Some(0));
+        assert_eq!(sealed_epoch(&after), Some(1));
+        let opened = new
+            .open(ObjectKind::Snapshot, &[0; 32], &before, 100)
+            .unwrap();
+        assert_eq!(opened, b"before");
+        assert!(matches!(
+            old.open(ObjectKind::Snapshot, &[0; 32], &after, 100),
+            Err(CryptoError::UnknownEpoch(1))
+        ));
+    }
+
+    #[test]
+    fn open_rejects_changed_epoch() {
+        let mut material = KeyMaterial::generate();
+        material.add_epoch().unwrap();
+        let keys = Keys::derive([7; 16], &material);
+        let mut sealed = keys.seal(ObjectKind::Tree, &[1; 32], b"tree", 0).unwrap();
+        sealed[1] = 0;
+        assert!(matches!(
+            keys.open(ObjectKind::Tree, &[1; 32], &sealed, 100),
+            Err(CryptoError::Authentication)
+        ));
+    }
+
+    #[test]
+    fn identity_decides_ids_not_epochs() {
+        let a = KeyMaterial::generate();
+        let b = KeyMaterial::with_identity(a.identity);
+        let a = Keys::derive([1; 16], &a);
+        let b = Keys::derive([2; 16], &b);
+        assert!(a.same_identity(&b));
+        assert_eq!(a.chunk_id(b"data"), b.chunk_id(b"data"));
+        assert_eq!(a.gear_table(), b.gear_table());
+        let sealed = a.seal(ObjectKind::Chunk, &[0; 32], b"data", 0).unwrap();
+        assert!(b.open(ObjectKind::Chunk, &[0; 32], &sealed, 100).is_err());
+        assert!(!a.same_identity(&keys()));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod check;
 pub mod chunker;
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod diff;
 pub mod display;

@@ -608,6 +608,7 @@ mod tests {
             paths: paths.iter().map(|p| p.as_bytes().to_vec()).collect(),
             tree: TreeId([0; 32]),
             parent: None,
+            original: None,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             incomplete: false,
             program_version: "test".to_string(),

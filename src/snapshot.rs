@@ -50,6 +50,10 @@ pub struct Snapshot {
     pub tree: TreeId,
     /// Snapshot used to skip unchanged files, if any.
     pub parent: Option<SnapshotId>,
+    /// For a snapshot written by `copy`: the id of the snapshot it copies, in
+    /// the repository where that snapshot was first written. `None` for a
+    /// snapshot written by a backup.
+    pub original: Option<SnapshotId>,
     /// Free-form labels.
     pub tags: Vec<String>,
     /// True when some entries could not be read and are missing.

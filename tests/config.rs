@@ -3,11 +3,16 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{EXIT_FAILURE, EXIT_OK, Fixture, describe, stderr_of, stdout_of, write_file};
+use serde_json::Value;
+use support::{
+    EXIT_FAILURE, EXIT_OK, Fixture, assert_same_tree, describe, restored_path, stderr_of,
+    stdout_of, write_file,
+};
 
 /// Writes a configuration with repository `main` (the fixture's) and dataset
 /// `home` backing up `data`, followed by `extra` lines in the dataset table.
@@ -91,7 +96,10 @@ fn config_check_reports_line_and_value() {
         )),
         "{stderr}"
     );
-    assert!(stderr.contains("not available yet"), "{stderr}");
+    assert!(
+        stderr.contains("copy_to = \"offsite\": no repository of this name is defined"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -205,7 +213,7 @@ fn run_stops_when_before_fails() {
 }
 
 #[test]
-fn run_reports_copy_to_unavailable() {
+fn run_rejects_copy_to_own_repository() {
     let fixture = Fixture::new();
     let config = write_config(&fixture, "copy_to = [\"main\"]");
     let output = run_with_config(&fixture, &config, &["run", "home"]);
@@ -216,11 +224,214 @@ fn run_reports_copy_to_unavailable() {
         describe(&output)
     );
     assert!(
-        stderr_of(&output).contains("not available yet"),
+        stderr_of(&output).contains("the dataset's own repository"),
         "{}",
         describe(&output)
     );
-    assert_eq!(fixture.snapshots().len(), 1, "the backup itself ran");
+    assert!(fixture.snapshots().is_empty(), "the backup ran");
+}
+
+/// A repository of the configuration: its directory and password file.
+struct ConfiguredRepo {
+    path: PathBuf,
+    password_file: PathBuf,
+}
+
+impl ConfiguredRepo {
+    fn command(&self) -> Command {
+        let mut command = support::cairn_command();
+        command
+            .arg("--repo")
+            .arg(&self.path)
+            .arg("--password-file")
+            .arg(&self.password_file);
+        command
+    }
+
+    fn snapshots(&self) -> Vec<Value> {
+        let output = self
+            .command()
+            .args(["snapshots", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+        support::parse_json(&stdout_of(&output))
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Returns the ids of the snapshots tagged `dataset:NAME`, each mapped to
+    /// the id of the snapshot it copies (or its own id if it is no copy).
+    fn dataset_origins(&self, dataset: &str) -> BTreeMap<String, String> {
+        let tag = Value::from(format!("dataset:{dataset}"));
+        self.snapshots()
+            .iter()
+            .filter(|s| s["tags"].as_array().unwrap().contains(&tag))
+            .map(|s| {
+                let id = s["id"].as_str().unwrap().to_string();
+                let origin = s["original"].as_str().map_or(id.clone(), str::to_string);
+                (origin, id)
+            })
+            .collect()
+    }
+
+    /// Restores `snapshot` and compares the backed-up `path` with its current
+    /// state.
+    fn assert_restores(&self, snapshot: &str, path: &Path, target: &Path) {
+        let output = self
+            .command()
+            .args(["restore", snapshot, "--target"])
+            .arg(target)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+        assert_same_tree(path, &restored_path(target, path));
+    }
+}
+
+#[test]
+fn run_copies_datasets_to_other_repositories() {
+    let fixture = Fixture::new();
+    let main = ConfiguredRepo {
+        path: fixture.repo.clone(),
+        password_file: fixture.password_file.clone(),
+    };
+    let make = |name: &str, like: Option<&ConfiguredRepo>| {
+        let repo = ConfiguredRepo {
+            path: fixture.path(name),
+            password_file: fixture.path(&format!("{name}.pw")),
+        };
+        fs::write(&repo.password_file, format!("password of {name}\n")).unwrap();
+        let mut command = repo.command();
+        command.arg("init");
+        if let Some(like) = like {
+            command
+                .arg("--like")
+                .arg(&like.path)
+                .arg("--like-password-file")
+                .arg(&like.password_file);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+        repo
+    };
+    let offline = make("offline", Some(&main));
+    let offsite = make("offsite", None);
+
+    let home = fixture.path("home");
+    let db = fixture.path("db");
+    write_file(&home, "a.txt", b"home, first version");
+    write_file(&db, "dump.sql", b"create table t;");
+    let text = format!(
+        r#"[repositories.main]
+path = "{main}"
+password_file = "{main_pw}"
+
+[repositories.offline]
+path = "{offline}"
+password_file = "{offline_pw}"
+
+[repositories.offsite]
+path = "{offsite}"
+password_file = "{offsite_pw}"
+
+[datasets.home]
+repository = "main"
+paths = ["{home}"]
+keep_last = 2
+copy_to = ["offline", "offsite"]
+
+[datasets.db]
+repository = "offsite"
+paths = ["{db}"]
+keep_last = 1
+copy_to = ["offline"]
+"#,
+        main = main.path.display(),
+        main_pw = main.password_file.display(),
+        offline = offline.path.display(),
+        offline_pw = offline.password_file.display(),
+        offsite = offsite.path.display(),
+        offsite_pw = offsite.password_file.display(),
+        home = home.display(),
+        db = db.display(),
+    );
+    let config = fixture.path("cairn.toml");
+    fs::write(&config, text).unwrap();
+    let output = run_with_config(&fixture, &config, &["config", "check"]);
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+
+    for round in 1..=3 {
+        write_file(&home, "a.txt", format!("home, version {round}").as_bytes());
+        write_file(&db, "dump.sql", format!("insert {round};").as_bytes());
+        for dataset in ["home", "db"] {
+            let output = run_with_config(&fixture, &config, &["run", dataset]);
+            assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+            let stdout = stdout_of(&output);
+            assert!(
+                stdout.contains(&format!("copying dataset {dataset} to repository offline")),
+                "{stdout}"
+            );
+        }
+    }
+
+    // Retention applies in each dataset's own repository.
+    let home_snapshots = main.dataset_origins("home");
+    let db_snapshots = offsite.dataset_origins("db");
+    assert_eq!(home_snapshots.len(), 2, "keep_last = 2: {home_snapshots:?}");
+    assert_eq!(db_snapshots.len(), 1, "keep_last = 1: {db_snapshots:?}");
+    // Every run copied its new snapshot, and copies are kept.
+    let home_in_offline = offline.dataset_origins("home");
+    let home_in_offsite = offsite.dataset_origins("home");
+    let db_in_offline = offline.dataset_origins("db");
+    assert_eq!(home_in_offline.len(), 3, "{home_in_offline:?}");
+    assert_eq!(home_in_offsite.len(), 3, "{home_in_offsite:?}");
+    assert_eq!(db_in_offline.len(), 3, "{db_in_offline:?}");
+    for origin in home_snapshots.keys() {
+        assert!(
+            home_in_offline.contains_key(origin),
+            "{origin} not in offline"
+        );
+        assert!(
+            home_in_offsite.contains_key(origin),
+            "{origin} not in offsite"
+        );
+    }
+    let (db_origin, _) = db_snapshots.first_key_value().unwrap();
+    assert!(
+        db_in_offline.contains_key(db_origin),
+        "{db_origin} not in offline"
+    );
+
+    // The newest copies restore the current state of the data.
+    let latest_home = main.snapshots().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    offline.assert_restores(
+        &home_in_offline[&latest_home],
+        &home,
+        &fixture.path("restored-offline-home"),
+    );
+    offsite.assert_restores(
+        &home_in_offsite[&latest_home],
+        &home,
+        &fixture.path("restored-offsite-home"),
+    );
+    offline.assert_restores(
+        &db_in_offline[db_origin],
+        &db,
+        &fixture.path("restored-offline-db"),
+    );
+    for repo in [&main, &offline, &offsite] {
+        let output = repo
+            .command()
+            .args(["check", "--read-data"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    }
 }
 
 #[test]

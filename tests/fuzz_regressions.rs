@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use cairn::crypto::{Keys, ObjectKind, RootSecret, decompress_bounded};
+use cairn::crypto::{EpochSecret, KeyMaterial, Keys, ObjectKind, decompress_bounded};
 use cairn::repository::pack::{decode_header_plain, header_location};
 
 fn decode_all(target: &str, data: &[u8]) {
@@ -14,9 +14,12 @@ fn decode_all(target: &str, data: &[u8]) {
         "sealed_object" => {
             let keys = Keys::derive(
                 [7; 16],
-                &RootSecret {
-                    epoch: 0,
-                    secret: [9; 32],
+                &KeyMaterial {
+                    identity: [8; 32],
+                    epochs: vec![EpochSecret {
+                        epoch: 0,
+                        secret: [9; 32],
+                    }],
                 },
             );
             for kind in [ObjectKind::Chunk, ObjectKind::Tree, ObjectKind::Snapshot] {

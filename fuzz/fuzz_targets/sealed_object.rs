@@ -3,16 +3,19 @@
 #![no_main]
 use std::sync::OnceLock;
 
-use cairn::crypto::{Keys, ObjectKind, RootSecret, decompress_bounded};
+use cairn::crypto::{EpochSecret, KeyMaterial, Keys, ObjectKind, decompress_bounded};
 
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
         Keys::derive(
             [7; 16],
-            &RootSecret {
-                epoch: 0,
-                secret: [9; 32],
+            &KeyMaterial {
+                identity: [8; 32],
+                epochs: vec![EpochSecret {
+                    epoch: 0,
+                    secret: [9; 32],
+                }],
             },
         )
     })

@@ -9,6 +9,7 @@ use std::process::Command as Process;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+use super::copy::{CopyRequest, DEFAULT_LOCK_WAIT_SECS, Endpoint, copy_between};
 use super::{Cli, EXIT_FAILURE, EXIT_INCOMPLETE, EXIT_OK};
 use crate::calendar::CalendarSpec;
 use crate::config::{DatasetConfig, LoadedConfig, RepositoryConfig, Severity};
@@ -39,10 +40,13 @@ Steps, each only if the previous one succeeded:
   2. backup of its paths with its excludes, tagged dataset:NAME and its tags;
   3. forget by its keep_* policy, among this host's snapshots tagged
      dataset:NAME (skipped without keep_* keys);
-  4. its `after` commands.
+  4. copy of the snapshots tagged dataset:NAME that each `copy_to` repository
+     does not hold yet, in the order listed;
+  5. its `after` commands.
 A backup that exits with 3 (some files unreadable) still continues, and `run`
-then exits with 3. Copying to `copy_to` repositories is not available yet: a
-dataset that sets it fails after these steps.";
+then exits with 3. The retention policy applies to the dataset's own
+repository only: a `copy_to` repository keeps every copy until `cairn forget`
+runs on it.";
 
 #[derive(Debug, Args)]
 pub struct ScheduleArgs {
@@ -201,12 +205,18 @@ pub fn run_dataset(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     let name = args.dataset.as_str();
     let (dataset, repository) = loaded.dataset(name)?;
     let dataset_key = format!("datasets.{name}");
-    let repository_key = format!("repositories.{}", dataset.repository.get_ref());
+    let repository_keys: Vec<String> = std::iter::once(&dataset.repository)
+        .chain(&dataset.copy_to)
+        .map(|repository| format!("repositories.{}", repository.get_ref()))
+        .collect();
+    let concerns_dataset = |key: &str| {
+        key_within(key, &dataset_key) || repository_keys.iter().any(|r| key_within(key, r))
+    };
     let blocking: Vec<_> = loaded
         .validate()
         .into_iter()
         .filter(|p| p.severity == Severity::Error)
-        .filter(|p| p.key.starts_with(&dataset_key) || p.key.starts_with(&repository_key))
+        .filter(|p| concerns_dataset(&p.key))
         .collect();
     if !blocking.is_empty() {
         for problem in &blocking {
@@ -245,23 +255,73 @@ pub fn run_dataset(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
         }
     }
 
+    for target_name in &dataset.copy_to {
+        let target = loaded
+            .config
+            .repositories
+            .get(target_name.get_ref().as_str())
+            .with_context(|| format!("no repository named {}", target_name.get_ref()))?;
+        if !cli.quiet {
+            println!(
+                "copying dataset {name} to repository {}",
+                target_name.get_ref()
+            );
+        }
+        copy_dataset(cli, name, repository, target).with_context(|| {
+            format!(
+                "copying dataset {name} to repository {} failed",
+                target_name.get_ref()
+            )
+        })?;
+    }
+
     for command in &dataset.after {
         run_hook("after", name, command.get_ref())?;
     }
-
-    if !dataset.copy_to.is_empty() {
-        let targets: Vec<&str> = dataset
-            .copy_to
-            .iter()
-            .map(|t| t.get_ref().as_str())
-            .collect();
-        eprintln!(
-            "error: dataset {name} sets copy_to = {targets:?}, but copying snapshots between repositories is not available yet; the snapshot is only in repository {}",
-            dataset.repository.get_ref()
-        );
-        return Ok(EXIT_FAILURE);
-    }
     Ok(backup_code)
+}
+
+/// True when `key` is `prefix` or a key below it, such as
+/// `repositories.main.path` below `repositories.main`.
+fn key_within(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// Copies the snapshots of dataset `name` from `source` to `target`, with each
+/// repository's password file, or else the password that --password-file or
+/// CAIRN_PASSWORD gives.
+fn copy_dataset(
+    cli: &Cli,
+    name: &str,
+    source: &RepositoryConfig,
+    target: &RepositoryConfig,
+) -> anyhow::Result<()> {
+    let password_of = |repository: &RepositoryConfig| {
+        let file = repository
+            .password_file
+            .as_ref()
+            .map(|file| file.get_ref().as_path())
+            .or(cli.password_file.as_deref());
+        super::read_password(&super::primary_password_source(file), false)
+    };
+    let from = Endpoint {
+        path: source.path.get_ref(),
+        password: password_of(source)?,
+    };
+    let to = Endpoint {
+        path: target.path.get_ref(),
+        password: password_of(target)?,
+    };
+    let tags = [format!("dataset:{name}")];
+    let request = CopyRequest {
+        snapshots: &[],
+        tags: &tags,
+        lock_wait: DEFAULT_LOCK_WAIT_SECS,
+        json: false,
+    };
+    copy_between(cli, &from, &to, &request)?;
+    Ok(())
 }
 
 pub fn run_schedule(cli: &Cli, args: &ScheduleArgs) -> anyhow::Result<i32> {

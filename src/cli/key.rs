@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use super::{Cli, EXIT_OK, open};
+use super::{Cli, EXIT_OK, open_with_password};
 
 #[derive(Debug, Args)]
 pub struct KeyArgs {
@@ -35,7 +35,21 @@ enum KeyCommand {
         #[arg(long)]
         new_password_file: Option<PathBuf>,
     },
+    /// Add a new encryption epoch: data written from now on is sealed under new
+    /// keys that removed keys never held. Every key keeps working.
+    #[command(after_help = ROTATE_HELP)]
+    Rotate,
 }
+
+const ROTATE_HELP: &str = "\
+Rotation adds a new epoch secret to the key material and seals it to every
+current key slot, so it needs only the password of the key that runs it.
+Objects written before the rotation stay readable under their old epoch.
+
+Whoever held a key removed before the rotation and kept its decrypted key
+material can still read everything written before the rotation, and can still
+compute chunk ids, so can tell whether a file they know is stored. They cannot
+decrypt what is written after it. Remove the key first, then rotate.";
 
 fn new_password(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
     if let Some(file) = file {
@@ -63,7 +77,7 @@ fn new_password(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
-    let repo = open(cli)?;
+    let (repo, current_password) = open_with_password(cli)?;
     match &args.command {
         KeyCommand::List => {
             println!(
@@ -96,13 +110,23 @@ pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
             repo.remove_key(name)?;
             println!("removed key {name:?}; its password no longer opens the repository");
             println!(
-                "note: whoever held it may have kept the decrypted master key; see docs/threat-model.md"
+                "note: whoever held it may have kept the decrypted key material; run `cairn key rotate` so that new data is sealed under keys it never held"
             );
         }
         KeyCommand::Passwd { new_password_file } => {
             let password = new_password(new_password_file.as_ref())?;
             repo.change_password(&password)?;
             println!("changed the password of key {:?}", repo.slot_name());
+        }
+        KeyCommand::Rotate => {
+            let epoch = repo.rotate_key(&current_password)?;
+            let slots = repo.key_file()?.slots.len();
+            println!(
+                "added key epoch {epoch}; every key ({slots} in all) opens it, and new data is sealed under it"
+            );
+            println!(
+                "note: data written before the rotation stays readable with the old key material; see docs/threat-model.md"
+            );
         }
     }
     Ok(EXIT_OK)

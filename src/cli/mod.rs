@@ -4,6 +4,7 @@
 mod backup;
 mod check;
 mod config;
+mod copy;
 mod diff;
 mod forget;
 mod generate;
@@ -17,10 +18,10 @@ mod restore;
 mod snapshots;
 mod unlock;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::repository::{RepoError, Repository};
 
@@ -85,7 +86,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new repository.
-    Init,
+    Init(InitArgs),
     /// Back up files and directories into a new snapshot.
     #[command(after_help = EXIT_CODES_HELP)]
     Backup(backup::BackupArgs),
@@ -102,6 +103,9 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Verify the repository's structure, and optionally all data.
     Check(check::CheckArgs),
+    /// Copy snapshots from another repository into this one.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Copy(copy::CopyArgs),
     /// Remove snapshots by id or by a retention policy.
     Forget(forget::ForgetArgs),
     /// Delete data that no snapshot uses, and repack mostly unused packs.
@@ -159,7 +163,7 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
 /// Runs a parsed command and returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
-        Command::Init => init(&cli),
+        Command::Init(args) => init(&cli, args),
         Command::Backup(args) => backup::run(&cli, args),
         Command::Snapshots(args) => snapshots::run(&cli, args),
         Command::Ls(args) => ls::run(&cli, args),
@@ -167,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(args) => diff::run(&cli, args),
         Command::Mount(args) => mount::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
+        Command::Copy(args) => copy::run(&cli, args),
         Command::Forget(args) => forget::run(&cli, args),
         Command::Prune(args) => prune::run(&cli, args),
         Command::Key(args) => key::run(&cli, args),
@@ -186,9 +191,23 @@ fn repo_path(cli: &Cli) -> anyhow::Result<&PathBuf> {
         .context("no repository given: pass --repo PATH or set CAIRN_REPO")
 }
 
-/// Reads the password from --password-file, CAIRN_PASSWORD or the terminal.
-fn password(cli: &Cli, confirm: bool) -> anyhow::Result<Vec<u8>> {
-    if let Some(file) = &cli.password_file {
+/// Sources of the password of one repository, tried in order: a file, a
+/// variable that contains the password itself, or a prompt on the terminal.
+struct PasswordSource<'a> {
+    /// File whose first line is the password.
+    file: Option<&'a Path>,
+    /// Environment variable read when no file is given.
+    variable: &'static str,
+    /// The options and variables to name when none is set.
+    hint: &'static str,
+    /// Prompt shown on the terminal.
+    prompt: &'a str,
+}
+
+/// Reads a password from its source. With `confirm`, a prompt requests it
+/// twice.
+fn read_password(source: &PasswordSource<'_>, confirm: bool) -> anyhow::Result<Vec<u8>> {
+    if let Some(file) = source.file {
         let text = std::fs::read(file)
             .with_context(|| format!("cannot read password file {}", file.display()))?;
         let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
@@ -198,17 +217,20 @@ fn password(cli: &Cli, confirm: bool) -> anyhow::Result<Vec<u8>> {
         }
         return Ok(line.to_vec());
     }
-    if let Some(password) = std::env::var_os("CAIRN_PASSWORD") {
+    if let Some(password) = std::env::var_os(source.variable) {
         use std::os::unix::ffi::OsStringExt;
         if password.is_empty() {
-            bail!("CAIRN_PASSWORD is set but empty: set it to the password, or unset it");
+            bail!(
+                "{} is set but empty: set it to the password, or unset it",
+                source.variable
+            );
         }
         return Ok(password.into_vec());
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        bail!("no password given: use --password-file, CAIRN_PASSWORD_FILE or CAIRN_PASSWORD");
+        bail!("no password given: use {}", source.hint);
     }
-    let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+    let first = rpassword::prompt_password(source.prompt).context("cannot read the password")?;
     if confirm {
         let second =
             rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
@@ -222,25 +244,101 @@ fn password(cli: &Cli, confirm: bool) -> anyhow::Result<Vec<u8>> {
     Ok(first.into_bytes())
 }
 
+/// Reads the password from --password-file, CAIRN_PASSWORD or the terminal.
+fn password(cli: &Cli, confirm: bool) -> anyhow::Result<Vec<u8>> {
+    read_password(
+        &primary_password_source(cli.password_file.as_deref()),
+        confirm,
+    )
+}
+
+/// Returns the password source of the repository that --repo names, with
+/// `file` in place of --password-file.
+fn primary_password_source(file: Option<&Path>) -> PasswordSource<'_> {
+    PasswordSource {
+        file,
+        variable: "CAIRN_PASSWORD",
+        hint: "--password-file, CAIRN_PASSWORD_FILE or CAIRN_PASSWORD",
+        prompt: "Password: ",
+    }
+}
+
 /// Opens the repository named on the command line.
 fn open(cli: &Cli) -> anyhow::Result<Repository> {
+    open_with_password(cli).map(|(repo, _)| repo)
+}
+
+/// Opens the repository named on the command line, and returns the password
+/// that opened it too.
+fn open_with_password(cli: &Cli) -> anyhow::Result<(Repository, Vec<u8>)> {
     let path = repo_path(cli)?;
     if !path.join("config").is_file() {
         return Err(RepoError::NotFound(path.display().to_string()).into());
     }
     let password = password(cli, false)?;
-    Ok(Repository::open_local(path, &password)?)
+    let repo = open_at(path, &password)?;
+    Ok((repo, password))
 }
 
-fn init(cli: &Cli) -> anyhow::Result<i32> {
+/// Opens the repository at `path`, failing with [`RepoError::NotFound`] before
+/// any password is used if there is none.
+fn open_at(path: &Path, password: &[u8]) -> anyhow::Result<Repository> {
+    if !path.join("config").is_file() {
+        return Err(RepoError::NotFound(path.display().to_string()).into());
+    }
+    Ok(Repository::open_local(path, password)?)
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Share the identity secret and chunker parameters of this repository, so
+    /// that chunk and tree ids match and `copy` between the two moves blobs by
+    /// id. The new repository still gets its own encryption keys.
+    #[arg(long, value_name = "REPO")]
+    like: Option<PathBuf>,
+    /// File whose first line is the password of the --like repository;
+    /// otherwise CAIRN_LIKE_PASSWORD, or a prompt on the terminal.
+    #[arg(long, env = "CAIRN_LIKE_PASSWORD_FILE", value_name = "FILE")]
+    like_password_file: Option<PathBuf>,
+}
+
+fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
     let path = repo_path(cli)?;
+    let like = match &args.like {
+        Some(like_path) => {
+            let prompt = format!("Password of {}: ", like_path.display());
+            let like_password = read_password(
+                &PasswordSource {
+                    file: args.like_password_file.as_deref(),
+                    variable: "CAIRN_LIKE_PASSWORD",
+                    hint: "--like-password-file, CAIRN_LIKE_PASSWORD_FILE or CAIRN_LIKE_PASSWORD",
+                    prompt: &prompt,
+                },
+                false,
+            )?;
+            let repo = open_at(like_path, &like_password).with_context(|| {
+                format!("cannot open the --like repository {}", like_path.display())
+            })?;
+            Some(repo)
+        }
+        None => None,
+    };
     let password = password(cli, true)?;
-    let repo = Repository::init_local(path, &password, "default")?;
+    let repo = match &like {
+        Some(like) => Repository::init_local_like(path, &password, "default", like)?,
+        None => Repository::init_local(path, &password, "default")?,
+    };
     println!(
         "created repository {} at {}",
         hex::encode(repo.config().repo_id),
         path.display()
     );
+    if let Some(like) = &like {
+        println!(
+            "it shares the identity secret of {}: chunk and tree ids match, so `cairn copy` between them copies blobs by id",
+            like.location()
+        );
+    }
     println!("keep the password safe: without it the data cannot be restored");
     Ok(EXIT_OK)
 }

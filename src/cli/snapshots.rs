@@ -25,6 +25,7 @@ pub fn run(cli: &Cli, args: &SnapshotsArgs) -> anyhow::Result<i32> {
                     "username": s.username,
                     "paths": s.paths_lossy(),
                     "parent": s.parent.map(|p| p.to_hex()),
+                    "original": s.original.map(|p| p.to_hex()),
                     "tags": s.tags,
                     "tree": s.tree.to_hex(),
                     "incomplete": s.incomplete,

@@ -183,6 +183,7 @@ mod tests {
             paths: vec![b"/srv".to_vec()],
             tree: TreeId([9; 32]),
             parent: None,
+            original: None,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             incomplete: false,
             program_version: "0".into(),

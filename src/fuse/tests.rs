@@ -200,6 +200,7 @@ fn build_repository(path: &Path) -> (Repository, Expected) {
             paths: vec![b"/srv".to_vec()],
             tree: root,
             parent: None,
+            original: None,
             tags,
             incomplete: false,
             program_version: "test".into(),

@@ -1,5 +1,6 @@
-//! The key file: named slots, each wrapping the repository's root secret under a
-//! key derived from that slot's password.
+//! The key file: named slots, each holding the repository's key material sealed
+//! to the slot's X25519 public key, and the slot's private key wrapped under a
+//! key derived from that slot's password (see `crypto::material`).
 //!
 //! ```text
 //! offset  size  field
@@ -9,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{self, CryptoError, KdfParams, RootSecret};
+use crate::crypto::{self, CryptoError, KdfParams, KeyMaterial, SealedMaterial};
 use crate::tree::Timestamp;
 
 const KEY_MAGIC: &[u8; 8] = b"CAIRNKEY";
@@ -31,10 +32,18 @@ pub struct KeySlot {
     pub kdf: KdfParams,
     /// Argon2id salt.
     pub salt: [u8; 16],
-    /// AES-256-GCM-SIV nonce of the wrapped secret.
+    /// AES-256-GCM-SIV nonce of the wrapped slot secret.
     pub nonce: [u8; 12],
-    /// The wrapped root secret, tag included.
+    /// The slot's X25519 private key and the key material's anchor, wrapped
+    /// under the password-derived key, tag included.
     pub wrapped: Vec<u8>,
+    /// The slot's X25519 public key.
+    pub public: [u8; 32],
+    /// MAC of the public key under a key derived from the key material, which
+    /// shows that a key holder added the slot.
+    pub public_mac: [u8; 32],
+    /// The key material, sealed to `public`.
+    pub material: SealedMaterial,
 }
 
 /// All key slots of a repository.
@@ -46,6 +55,8 @@ pub struct KeyFile {
     pub slots: Vec<KeySlot>,
 }
 
+/// Associated data of a slot's wrapped secret: binds it to the repository and
+/// the slot name.
 fn slot_binding(repo_id: &[u8; 16], name: &str) -> Vec<u8> {
     let mut binding = b"cairn key slot".to_vec();
     binding.extend_from_slice(repo_id);
@@ -53,19 +64,35 @@ fn slot_binding(repo_id: &[u8; 16], name: &str) -> Vec<u8> {
     binding
 }
 
+/// Associated data of a slot's sealed key material.
+fn material_binding(repo_id: &[u8; 16], name: &str) -> Vec<u8> {
+    let mut binding = b"cairn key material".to_vec();
+    binding.extend_from_slice(repo_id);
+    binding.extend_from_slice(name.as_bytes());
+    binding
+}
+
 impl KeyFile {
-    /// Adds a slot that wraps `root` under `password`.
+    /// Adds a slot that opens `material` with `password`.
     pub fn add_password_slot(
         &mut self,
         name: &str,
         password: &[u8],
-        root: &RootSecret,
+        material: &KeyMaterial,
         kdf: KdfParams,
     ) -> Result<(), CryptoError> {
         let mut salt = [0u8; 16];
         rand::RngExt::fill(&mut rand::rng(), &mut salt);
         let kek = kdf.derive(password, &salt)?;
-        let (nonce, wrapped) = crypto::wrap_root(&kek, &slot_binding(&self.repo_id, name), root)?;
+        let (private, public) = crypto::generate_slot_key_pair();
+        let (nonce, wrapped) = crypto::wrap_slot_secret(
+            &kek,
+            &slot_binding(&self.repo_id, name),
+            &private,
+            &material.anchor(),
+        )?;
+        let sealed =
+            crypto::seal_material(&public, &material_binding(&self.repo_id, name), material)?;
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -78,13 +105,41 @@ impl KeyFile {
             salt,
             nonce,
             wrapped,
+            public,
+            public_mac: material.slot_public_mac(&self.repo_id, name, &public),
+            material: sealed,
         });
         Ok(())
     }
 
-    /// Tries each slot with the password and returns the root secret of the first
-    /// that accepts it; `Authentication` means none did.
-    pub fn unlock(&self, password: &[u8]) -> Result<(RootSecret, String), CryptoError> {
+    /// Seals `material` anew to every slot's public key, replacing what each
+    /// slot held. No password is needed, and a slot that was removed before gets
+    /// nothing. Fails before changing anything if a slot's public key does not
+    /// carry a MAC from this key material, as when someone without the key
+    /// material added the slot to receive the new material.
+    pub fn reseal_material(&mut self, material: &KeyMaterial) -> Result<(), CryptoError> {
+        for slot in &self.slots {
+            if material.slot_public_mac(&self.repo_id, &slot.name, &slot.public) != slot.public_mac
+            {
+                return Err(CryptoError::Malformed(format!(
+                    "key slot {:?} was not added with this repository's key material; remove it with `cairn key remove` if nobody you trust added it",
+                    slot.name
+                )));
+            }
+        }
+        for slot in &mut self.slots {
+            let binding = material_binding(&self.repo_id, &slot.name);
+            slot.material = crypto::seal_material(&slot.public, &binding, material)?;
+        }
+        Ok(())
+    }
+
+    /// Tries each slot with the password and returns the key material of the
+    /// first that accepts it, and that slot's name. `Authentication` means that
+    /// no slot accepts the password. A slot that accepts it but whose key
+    /// material does not open or does not match its anchor is damage (`Malformed`),
+    /// because its private key opened with the password.
+    pub fn unlock(&self, password: &[u8]) -> Result<(KeyMaterial, String), CryptoError> {
         for slot in &self.slots {
             // A slot with unusable parameters must not lock out the others.
             let kek = match slot.kdf.derive(password, &slot.salt) {
@@ -95,9 +150,31 @@ impl KeyFile {
                 }
             };
             let binding = slot_binding(&self.repo_id, &slot.name);
-            if let Ok(root) = crypto::unwrap_root(&kek, &binding, &slot.nonce, &slot.wrapped) {
-                return Ok((root, slot.name.clone()));
+            let Ok((private, anchor)) =
+                crypto::unwrap_slot_secret(&kek, &binding, &slot.nonce, &slot.wrapped)
+            else {
+                continue;
+            };
+            let binding = material_binding(&self.repo_id, &slot.name);
+            let material = crypto::open_material(&private, &slot.public, &binding, &slot.material)
+                .map_err(|e| {
+                    CryptoError::Malformed(format!(
+                        "the key material of slot {:?} does not open: {e}",
+                        slot.name
+                    ))
+                })?;
+            // Anyone can seal material to a public key, so only material with the
+            // identity and first epoch that the password protects is accepted.
+            if material.anchor() != anchor
+                || material.slot_public_mac(&self.repo_id, &slot.name, &slot.public)
+                    != slot.public_mac
+            {
+                return Err(CryptoError::Malformed(format!(
+                    "the key material of slot {:?} was replaced: it does not match the anchor that the password protects",
+                    slot.name
+                )));
             }
+            return Ok((material, slot.name.clone()));
         }
         Err(CryptoError::Authentication)
     }
@@ -161,7 +238,7 @@ impl super::Repository {
                 "the key file already contains the maximum of {MAX_SLOTS} keys: remove one first"
             )));
         }
-        file.add_password_slot(name, password, &self.root, KdfParams::DEFAULT)
+        file.add_password_slot(name, password, &self.material, KdfParams::DEFAULT)
             .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
         self.write_key_file(&file)
     }
@@ -195,7 +272,7 @@ impl super::Repository {
             )));
         };
         let old = file.slots.remove(position);
-        file.add_password_slot(&old.name, password, &self.root, KdfParams::DEFAULT)
+        file.add_password_slot(&old.name, password, &self.material, KdfParams::DEFAULT)
             .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
         let new = file.slots.pop().expect("slot just added");
         file.slots.insert(
@@ -207,6 +284,40 @@ impl super::Repository {
             },
         );
         self.write_key_file(&file)
+    }
+}
+
+impl super::Repository {
+    /// Adds a new encryption epoch to the key material and seals the material
+    /// anew in every slot. Returns the new epoch number.
+    ///
+    /// The key material is unlocked again from the key file with `password`, so
+    /// that an epoch added by another process since this one opened the
+    /// repository is kept. Objects written afterwards by a newly opened
+    /// repository are sealed under the new epoch. This `Repository` keeps sealing
+    /// under the epoch it was opened with, and so do processes that opened the
+    /// repository before.
+    pub fn rotate_key(&self, password: &[u8]) -> Result<u32, super::RepoError> {
+        let mut file = self.key_file()?;
+        let (mut material, _) = match file.unlock(password) {
+            Ok(unlocked) => unlocked,
+            Err(CryptoError::Authentication) => {
+                return Err(super::RepoError::WrongPassword(self.location()));
+            }
+            Err(e) => {
+                return Err(super::RepoError::Damaged {
+                    object: format!("key file of {}", self.location()),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let epoch = material
+            .add_epoch()
+            .map_err(|e| super::RepoError::KeySlot(format!("cannot rotate the key: {e}")))?;
+        file.reseal_material(&material)
+            .map_err(|e| super::RepoError::KeySlot(format!("cannot rotate the key: {e}")))?;
+        self.write_key_file(&file)?;
+        Ok(epoch)
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! config                 format version, repository id, chunker parameters, MAC
-//! keys                   key slots, each wrapping the root secret
+//! keys                   key slots, each holding the key material
 //! data/<2 hex>/<64 hex>  packs, named by the BLAKE3 hash of their bytes
 //! index/<64 hex>         index files, named the same way
 //! snapshots/<64 hex>     snapshot files, named the same way
@@ -34,13 +34,13 @@ pub use self::keyfile::{KeyFile, KeySlot};
 use self::pack::BlobKind;
 pub use self::writer::BlobWriter;
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::crypto::{CryptoError, KdfParams, Keys, ObjectKind, RootSecret};
+use crate::crypto::{CryptoError, KdfParams, KeyMaterial, Keys, ObjectKind};
 use crate::id::{ChunkId, IndexId, PackId, SnapshotId, TreeId};
 use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
 use crate::tree::{MAX_TREE_LEN, Tree};
 
 /// Repository format version written by this program, and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// A pack is closed once it reaches this size: 16 MiB, large enough that object
 /// stores see few requests, small enough to rewrite cheaply during cleanup.
 pub const PACK_TARGET_SIZE: usize = 16 << 20;
@@ -114,6 +114,11 @@ pub enum RepoError {
     /// A snapshot name matched no snapshot or more than one.
     #[error("{0}")]
     SnapshotSpec(String),
+    /// A copy was asked to copy a repository onto itself.
+    #[error(
+        "{0} is both the source and the destination of the copy: give another repository with --to"
+    )]
+    SameRepository(String),
 }
 
 /// The authenticated, unencrypted repository settings.
@@ -134,7 +139,7 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
     keys: Keys,
-    root: RootSecret,
+    material: KeyMaterial,
     slot: String,
     chunker: Chunker,
     index: RwLock<Index>,
@@ -163,16 +168,39 @@ pub fn pack_path(id: &PackId) -> String {
 impl Repository {
     /// Creates a repository in a local directory, with one key slot named `name`.
     pub fn init_local(path: &Path, password: &[u8], name: &str) -> Result<Self, RepoError> {
-        if path.join("config").exists() {
-            return Err(RepoError::AlreadyExists(path.display().to_string()));
-        }
-        std::fs::create_dir_all(path)?;
         Self::init(
-            Box::new(LocalBackend::new(path)),
+            Self::new_local_backend(path)?,
             password,
             name,
             KdfParams::DEFAULT,
         )
+    }
+
+    /// Creates a repository in a local directory that shares the identity
+    /// secret, chunker parameters and compression level of `like`, so that both
+    /// give the same content the same chunk and tree ids. It gets its own
+    /// repository id and its own encryption epoch.
+    pub fn init_local_like(
+        path: &Path,
+        password: &[u8],
+        name: &str,
+        like: &Repository,
+    ) -> Result<Self, RepoError> {
+        Self::init_like(
+            Self::new_local_backend(path)?,
+            password,
+            name,
+            KdfParams::DEFAULT,
+            like,
+        )
+    }
+
+    fn new_local_backend(path: &Path) -> Result<Box<dyn Backend>, RepoError> {
+        if path.join("config").exists() {
+            return Err(RepoError::AlreadyExists(path.display().to_string()));
+        }
+        std::fs::create_dir_all(path)?;
+        Ok(Box::new(LocalBackend::new(path)))
     }
 
     /// Creates a repository on a backend, with one key slot.
@@ -182,15 +210,46 @@ impl Repository {
         name: &str,
         kdf: KdfParams,
     ) -> Result<Self, RepoError> {
+        let settings = (ChunkerParams::DEFAULT, 3);
+        Self::create(
+            backend,
+            password,
+            name,
+            kdf,
+            KeyMaterial::generate(),
+            settings,
+        )
+    }
+
+    /// Creates a repository on a backend like [`Repository::init_local_like`].
+    pub fn init_like(
+        backend: Box<dyn Backend>,
+        password: &[u8],
+        name: &str,
+        kdf: KdfParams,
+        like: &Repository,
+    ) -> Result<Self, RepoError> {
+        let material = KeyMaterial::with_identity(like.material.identity);
+        let settings = (like.config.chunker, like.config.compression_level);
+        Self::create(backend, password, name, kdf, material, settings)
+    }
+
+    fn create(
+        backend: Box<dyn Backend>,
+        password: &[u8],
+        name: &str,
+        kdf: KdfParams,
+        material: KeyMaterial,
+        (chunker, compression_level): (ChunkerParams, i32),
+    ) -> Result<Self, RepoError> {
         let mut repo_id = [0u8; 16];
         rand::RngExt::fill(&mut rand::rng(), &mut repo_id);
-        let root = RootSecret::generate();
-        let keys = Keys::derive(repo_id, &root);
+        let keys = Keys::derive(repo_id, &material);
         let config = Config {
             version: FORMAT_VERSION,
             repo_id,
-            chunker: ChunkerParams::DEFAULT,
-            compression_level: 3,
+            chunker,
+            compression_level,
         };
 
         let mut key_file = KeyFile {
@@ -198,7 +257,7 @@ impl Repository {
             slots: Vec::new(),
         };
         key_file
-            .add_password_slot(name, password, &root, kdf)
+            .add_password_slot(name, password, &material, kdf)
             .map_err(|e| damaged("new key slot".into(), e))?;
         backend.write_atomic("keys", &key_file.encode())?;
         backend.write_atomic("config", &encode_config(&config, &keys))?;
@@ -206,7 +265,7 @@ impl Repository {
             backend,
             config,
             keys,
-            root,
+            material,
             name.to_string(),
         ))
     }
@@ -235,12 +294,12 @@ impl Repository {
                 "it belongs to another repository",
             ));
         }
-        let (root, slot) = match key_file.unlock(password) {
+        let (material, slot) = match key_file.unlock(password) {
             Ok(unlocked) => unlocked,
             Err(CryptoError::Authentication) => return Err(RepoError::WrongPassword(location)),
             Err(e) => return Err(damaged(format!("key file of {location}"), e)),
         };
-        let keys = Keys::derive(config.repo_id, &root);
+        let keys = Keys::derive(config.repo_id, &material);
         // The MAC covers the stored bytes, so any change to the file is detected,
         // including bytes the decoder would ignore.
         let body = &config_bytes[CONFIG_MAGIC.len()..config_bytes.len() - 32];
@@ -255,7 +314,7 @@ impl Repository {
             .validate()
             .map_err(|e| damaged(format!("config of {location}"), e))?;
 
-        let repo = Self::assemble(backend, config, keys, root, slot);
+        let repo = Self::assemble(backend, config, keys, material, slot);
         repo.load_index()?;
         Ok(repo)
     }
@@ -264,7 +323,7 @@ impl Repository {
         backend: Box<dyn Backend>,
         config: Config,
         keys: Keys,
-        root: RootSecret,
+        material: KeyMaterial,
         slot: String,
     ) -> Self {
         let chunker = Chunker::new(config.chunker, keys.gear_table());
@@ -272,7 +331,7 @@ impl Repository {
             backend: Arc::from(backend),
             config,
             keys,
-            root,
+            material,
             slot,
             chunker,
             index: RwLock::new(Index::default()),

@@ -82,6 +82,12 @@ impl<'a> BlobWriter<'a> {
 
     /// Encodes, seals and stores a tree unless it is already stored.
     pub fn store_tree(&self, tree: &Tree) -> Result<TreeId, RepoError> {
+        self.store_tree_if_new(tree).map(|(id, _)| id)
+    }
+
+    /// Stores a tree like [`BlobWriter::store_tree`], and also returns the
+    /// length of its encoding if this call stored it.
+    pub fn store_tree_if_new(&self, tree: &Tree) -> Result<(TreeId, Option<u64>), RepoError> {
         let encoded = tree.encode();
         if encoded.len() > crate::tree::MAX_TREE_LEN {
             return Err(RepoError::Damaged {
@@ -96,18 +102,19 @@ impl<'a> BlobWriter<'a> {
         }
         let keys = self.repo.keys();
         let id = keys.tree_id(&encoded);
-        if self.reserve(&id.0) {
-            let sealed = keys
-                .seal(
-                    BlobKind::Tree.object_kind(),
-                    &id.0,
-                    &encoded,
-                    self.repo.config().compression_level,
-                )
-                .map_err(|e| damaged(format!("new tree {}", id.short()), e))?;
-            self.add(BlobKind::Tree, id.0, &sealed, encoded.len() as u32)?;
+        if !self.reserve(&id.0) {
+            return Ok((id, None));
         }
-        Ok(id)
+        let sealed = keys
+            .seal(
+                BlobKind::Tree.object_kind(),
+                &id.0,
+                &encoded,
+                self.repo.config().compression_level,
+            )
+            .map_err(|e| damaged(format!("new tree {}", id.short()), e))?;
+        self.add(BlobKind::Tree, id.0, &sealed, encoded.len() as u32)?;
+        Ok((id, Some(encoded.len() as u64)))
     }
 
     fn write_pack(&self, builder: PackBuilder) -> Result<(), RepoError> {

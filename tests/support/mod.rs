@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -28,6 +30,11 @@ pub fn cairn_command() -> Command {
         "CAIRN_REPO",
         "CAIRN_PASSWORD",
         "CAIRN_PASSWORD_FILE",
+        "CAIRN_FROM_REPO",
+        "CAIRN_FROM_PASSWORD",
+        "CAIRN_FROM_PASSWORD_FILE",
+        "CAIRN_LIKE_PASSWORD",
+        "CAIRN_LIKE_PASSWORD_FILE",
         "RUST_LOG",
     ] {
         command.env_remove(name);
@@ -191,4 +198,142 @@ pub fn write_file(root: &Path, relative: &str, contents: &[u8]) {
     let path = root.join(relative);
     fs::create_dir_all(path.parent().expect("file has a parent")).expect("create parent");
     fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Metadata and content of one entry, as a restore must bring it back.
+#[derive(Debug, PartialEq)]
+pub struct EntryState {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i128,
+    pub size: u64,
+    pub content: Option<blake3::Hash>,
+    pub target: Option<PathBuf>,
+}
+
+/// Records every entry below `root` (and `root` itself, as the empty path), keyed
+/// by the path relative to `root`.
+pub fn record_tree(root: &Path) -> BTreeMap<PathBuf, EntryState> {
+    let mut entries = BTreeMap::new();
+    record_entry(root, PathBuf::new(), &mut entries);
+    entries
+}
+
+fn record_entry(root: &Path, relative: PathBuf, entries: &mut BTreeMap<PathBuf, EntryState>) {
+    let path = root.join(&relative);
+    let md =
+        fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    let file_type = md.file_type();
+    let kind = if file_type.is_dir() {
+        "directory"
+    } else if file_type.is_file() {
+        "file"
+    } else if file_type.is_symlink() {
+        "symlink"
+    } else {
+        "other"
+    };
+    let content = if file_type.is_file() {
+        let bytes = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        Some(blake3::hash(&bytes))
+    } else {
+        None
+    };
+    let target = if file_type.is_symlink() {
+        Some(fs::read_link(&path).unwrap_or_else(|e| panic!("readlink {}: {e}", path.display())))
+    } else {
+        None
+    };
+    entries.insert(
+        relative.clone(),
+        EntryState {
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            // A directory's size depends on the file system's history, not on its entries.
+            size: if file_type.is_dir() { 0 } else { md.size() },
+            content,
+            target,
+        },
+    );
+    if file_type.is_dir() {
+        let mut names: Vec<OsString> = fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("list {}: {e}", path.display()))
+            .map(|entry| entry.expect("directory entry").file_name())
+            .collect();
+        names.sort();
+        for name in names {
+            record_entry(root, relative.join(name), entries);
+        }
+    }
+}
+
+/// Asserts that two trees have the same entries, each with the same type, mode,
+/// owner, mtime, size, content and symlink target.
+pub fn assert_same_tree(source: &Path, restored: &Path) {
+    let expected = record_tree(source);
+    let actual = record_tree(restored);
+    let expected_paths: Vec<&PathBuf> = expected.keys().collect();
+    let actual_paths: Vec<&PathBuf> = actual.keys().collect();
+    assert_eq!(
+        actual_paths,
+        expected_paths,
+        "restored tree {} has other entries than {}",
+        restored.display(),
+        source.display()
+    );
+    for (path, want) in &expected {
+        let got = &actual[path];
+        assert_eq!(got.kind, want.kind, "type of {path:?}");
+        assert_eq!(got.mode, want.mode, "mode of {path:?}");
+        assert_eq!(got.uid, want.uid, "uid of {path:?}");
+        assert_eq!(got.gid, want.gid, "gid of {path:?}");
+        assert_eq!(got.mtime_ns, want.mtime_ns, "mtime in ns of {path:?}");
+        assert_eq!(got.size, want.size, "size of {path:?}");
+        assert_eq!(got.content, want.content, "content hash of {path:?}");
+        assert_eq!(got.target, want.target, "symlink target of {path:?}");
+    }
+}
+
+/// Returns every file below `dir` with its size, keyed by the path relative to
+/// `dir`, so that two listings show whether anything was written.
+pub fn file_sizes(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut sizes = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in
+            fs::read_dir(&current).unwrap_or_else(|e| panic!("list {}: {e}", current.display()))
+        {
+            let path = entry.expect("directory entry").path();
+            let md = fs::symlink_metadata(&path).expect("lstat repository entry");
+            if md.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("below dir").to_path_buf();
+                sizes.insert(relative, md.len());
+            }
+        }
+    }
+    sizes
+}
+
+/// Returns `len` deterministic pseudo-random bytes from SplitMix64. They do not
+/// compress, and a large file of them splits into several chunks.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        bytes.extend_from_slice(&z.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
 }

@@ -86,6 +86,7 @@ impl Overlay {
             paths: parent.map_or_else(|| vec![b"/".to_vec()], |p| p.paths.clone()),
             tree: root,
             parent: parent_id,
+            original: None,
             tags: vec![WRITE_THROUGH_TAG.to_string()],
             incomplete: false,
             program_version: env!("CARGO_PKG_VERSION").to_string(),
