@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
-use crate::repository::{RepoError, Repository};
+use crate::repository::{Location, RepoError, Repository};
 
 /// Exit code of a run that did its work.
 pub const EXIT_OK: i32 = 0;
@@ -50,8 +50,15 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Repository directory.
-    #[arg(short = 'r', long, env = "CAIRN_REPO", global = true)]
+    /// Repository: a directory, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
+    /// with credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(
+        short = 'r',
+        long,
+        env = "CAIRN_REPO",
+        global = true,
+        value_name = "LOCATION"
+    )]
     pub repo: Option<PathBuf>,
 
     /// File whose first line is the password; otherwise CAIRN_PASSWORD, or a
@@ -136,7 +143,10 @@ pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // fuser 0.18 logs a harmless warning when an external umount is followed
         // by its own unmount attempt, so only its errors are shown by default.
-        tracing_subscriber::EnvFilter::new(format!("cairn={default},fuser=error"))
+        // object_store logs each retry of an S3 request at info level.
+        tracing_subscriber::EnvFilter::new(format!(
+            "cairn={default},object_store={default},fuser=error"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -180,10 +190,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn repo_path(cli: &Cli) -> anyhow::Result<&PathBuf> {
-    cli.repo
+fn repo_location(cli: &Cli) -> anyhow::Result<Location> {
+    let value = cli
+        .repo
         .as_ref()
-        .context("no repository given: pass --repo PATH or set CAIRN_REPO")
+        .context("no repository given: pass --repo LOCATION or set CAIRN_REPO")?;
+    Ok(Location::parse(value.as_os_str())?)
 }
 
 /// Reads the password from --password-file, CAIRN_PASSWORD or the terminal.
@@ -222,24 +234,25 @@ fn password(cli: &Cli, confirm: bool) -> anyhow::Result<Vec<u8>> {
     Ok(first.into_bytes())
 }
 
-/// Opens the repository named on the command line.
+/// Opens the repository named on the command line. A missing repository is
+/// reported before the password is read.
 fn open(cli: &Cli) -> anyhow::Result<Repository> {
-    let path = repo_path(cli)?;
-    if !path.join("config").is_file() {
-        return Err(RepoError::NotFound(path.display().to_string()).into());
+    let location = repo_location(cli)?;
+    let backend = location.connect()?;
+    if !Repository::exists(backend.as_ref())? {
+        return Err(RepoError::NotFound(location.to_string()).into());
     }
     let password = password(cli, false)?;
-    Ok(Repository::open_local(path, &password)?)
+    Ok(Repository::open(backend, &password)?)
 }
 
 fn init(cli: &Cli) -> anyhow::Result<i32> {
-    let path = repo_path(cli)?;
+    let location = repo_location(cli)?;
     let password = password(cli, true)?;
-    let repo = Repository::init_local(path, &password, "default")?;
+    let repo = Repository::init_at(&location, &password, "default")?;
     println!(
-        "created repository {} at {}",
+        "created repository {} at {location}",
         hex::encode(repo.config().repo_id),
-        path.display()
     );
     println!("keep the password safe: without it the data cannot be restored");
     Ok(EXIT_OK)

@@ -28,7 +28,8 @@ pub trait Backend: Send + Sync {
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
     /// Lists the file names directly inside a directory; a missing directory is empty.
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
-    /// Removes a file.
+    /// Removes a file. Removing a file that does not exist fails on a local
+    /// directory and succeeds on S3, whose DELETE does not tell the two apart.
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Returns the free space in bytes where new files go, if the backend can tell.
     fn free_space(&self) -> Option<u64>;
