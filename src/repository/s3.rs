@@ -458,7 +458,13 @@ impl Backend for S3Backend {
         // object is stored durably.
         let key = self.object_key(name)?;
         let payload = PutPayload::from(bytes.to_vec());
+        let started = std::time::Instant::now();
         self.call("PUT", name, self.store.put(&key, payload))?;
+        tracing::debug!(
+            "PUT {name}: {} bytes in {} ms",
+            bytes.len(),
+            started.elapsed().as_millis()
+        );
         Ok(())
     }
 
