@@ -16,7 +16,7 @@ use std::os::unix::fs::{MetadataExt, lchown, symlink};
 use std::path::Path;
 use std::process::Output;
 
-use support::s3_server::{S3Server, free_port};
+use support::s3_server::{ClosedPort, S3Server};
 use support::{
     EXIT_FAILURE, EXIT_NO_REPOSITORY, Fixture, cairn_command, describe, parse_json, restored_path,
     snapshot_id, stderr_of,
@@ -359,7 +359,8 @@ fn s3_missing_bucket_names_bucket() {
 fn s3_server_down_fails_after_retries() {
     // A port that nothing listens on: every connection is refused, and the
     // retries end after CAIRN_S3_RETRY_TIMEOUT.
-    let port = free_port();
+    let closed = ClosedPort::reserve();
+    let port = closed.port;
     let url = format!("s3:http://127.0.0.1:{port}/{BUCKET}/{PREFIX}");
     let output = cairn_command()
         .env("CAIRN_PASSWORD", support::PASSWORD)
@@ -388,7 +389,8 @@ fn s3_server_down_fails_after_retries() {
 
 #[test]
 fn s3_missing_credentials_fail() {
-    let url = format!("s3:http://127.0.0.1:{}/{BUCKET}", free_port());
+    let closed = ClosedPort::reserve();
+    let url = format!("s3:http://127.0.0.1:{}/{BUCKET}", closed.port);
     let output = cairn_command()
         .env("CAIRN_PASSWORD", support::PASSWORD)
         .args(["--repo", &url, "snapshots"])

@@ -1,6 +1,6 @@
 //! A private S3-compatible server for one test: `moto_server` (from the PyPI
-//! package `moto[server]`) on a free port of 127.0.0.1, stopped when its guard
-//! is dropped.
+//! package `moto[server]`) on a free port of 127.0.0.1 that it picks itself,
+//! stopped when its guard is dropped.
 //!
 //! A missing `moto_server` fails the test with instructions, never skips it.
 //! `CAIRN_TEST_MOTO_SERVER` names another executable to run instead.
@@ -10,7 +10,8 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -47,9 +48,10 @@ impl S3Server {
             .expect("create directory for the S3 server log");
         let log = dir.path().join("moto.log");
         let log_file = File::create(&log).expect("create S3 server log");
-        let port = free_port();
+        // Port 0 lets the server bind a free port itself, which it then logs,
+        // so that parallel tests never race for a port.
         let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("duplicate log handle"))
             .stderr(log_file)
@@ -63,7 +65,7 @@ impl S3Server {
             });
         let mut server = S3Server {
             child,
-            port,
+            port: 0,
             log,
             _dir: dir,
         };
@@ -71,6 +73,7 @@ impl S3Server {
         server
     }
 
+    /// Waits until the server has logged its port and accepts connections on it.
     fn wait_until_ready(&mut self) {
         let start = Instant::now();
         loop {
@@ -80,13 +83,17 @@ impl S3Server {
                     self.log()
                 );
             }
-            if TcpStream::connect(self.address()).is_ok() {
+            if self.port == 0 {
+                self.port = listening_port(&self.log()).unwrap_or(0);
+            }
+            if self.port != 0 && TcpStream::connect(self.address()).is_ok() {
                 return;
             }
             assert!(
                 start.elapsed() < START_TIMEOUT,
-                "the S3 test server did not accept connections on {} within {START_TIMEOUT:?}:\n{}",
-                self.address(),
+                "the S3 test server did not accept connections within {START_TIMEOUT:?} \
+                 (port {}, 0 while not logged yet):\n{}",
+                self.port,
                 self.log()
             );
             thread::sleep(POLL_INTERVAL);
@@ -242,13 +249,66 @@ impl Drop for S3Server {
     }
 }
 
-/// Returns a port of 127.0.0.1 that was free a moment ago. Another process can
-/// take it before the server binds it, which then fails the test's start.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("find a free port on 127.0.0.1")
-        .port()
+/// Returns the port from the line `Running on http://127.0.0.1:PORT` that the
+/// server (werkzeug) logs once it listens.
+fn listening_port(log: &str) -> Option<u16> {
+    let marker = "Running on http://127.0.0.1:";
+    let start = log.find(marker)? + marker.len();
+    let digits: String = log[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A TCP port of 127.0.0.1 that is bound but not listening, for as long as the
+/// value lives. Connections to it are refused, and no other process can take
+/// it in the meantime, unlike a port that was merely free a moment ago.
+pub struct ClosedPort {
+    _socket: OwnedFd,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn reserve() -> Self {
+        // SAFETY: socket() takes no pointers, and the returned descriptor is
+        // owned by `_socket` from here on.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+
+        let mut address = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `address` is a valid sockaddr_in of `length` bytes, for both
+        // calls, and outlives them.
+        unsafe {
+            let pointer = (&raw mut address).cast::<libc::sockaddr>();
+            assert_eq!(
+                libc::bind(socket.as_raw_fd(), pointer, length),
+                0,
+                "bind 127.0.0.1:0: {}",
+                io::Error::last_os_error()
+            );
+            assert_eq!(
+                libc::getsockname(socket.as_raw_fd(), pointer, &mut length),
+                0,
+                "getsockname: {}",
+                io::Error::last_os_error()
+            );
+        }
+        ClosedPort {
+            _socket: socket,
+            port: u16::from_be(address.sin_port),
+        }
+    }
 }
 
 /// Returns the text of every `<tag>…</tag>` element, in order. Enough for the
