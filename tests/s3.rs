@@ -192,6 +192,15 @@ fn s3_backup_restore_check_prune() {
         check["ok"], true,
         "check --read-data before the prune: {check}"
     );
+    let pack_objects = s3
+        .server
+        .list_keys(BUCKET, &format!("{PREFIX}/data/"))
+        .len();
+    assert_eq!(
+        check["packs"].as_u64(),
+        Some(pack_objects as u64),
+        "packs that check counted, with {pack_objects} objects below data/: {check}"
+    );
     assert!(
         check["packs_read"].as_u64().unwrap_or(0) >= 2,
         "check read fewer packs than two backups wrote: {check}"
@@ -278,6 +287,15 @@ fn s3_repository_at_bucket_root() {
     assert!(
         keys.contains(&"config".to_string()),
         "no object config in {keys:?}"
+    );
+    let pack_objects = server.list_keys(BUCKET, "data/").len();
+    assert!(pack_objects >= 2, "objects below data/: {keys:?}");
+    let check = parse_json(&fixture.run_ok(["check", "--read-data", "--json"]));
+    assert_eq!(check["ok"], true, "check --read-data: {check}");
+    assert_eq!(
+        check["packs"].as_u64(),
+        Some(pack_objects as u64),
+        "packs that check counted: {check}"
     );
     let target = fixture.restore("latest", "target");
     assert_same_tree(&src, &restored_path(&target, &src), "restore");

@@ -406,11 +406,13 @@ impl Repository {
     /// Lists the packs stored in `data/`.
     pub fn list_packs(&self) -> Result<Vec<PackId>, RepoError> {
         let mut packs = Vec::new();
-        for prefix in self.backend.list("data")? {
-            for name in self.backend.list(&format!("data/{prefix}"))? {
-                if let Ok(id) = name.parse() {
-                    packs.push(id);
-                }
+        for path in self.backend.list_recursive("data")? {
+            // Packs lie exactly one directory deep, in data/<2 hex>/.
+            if let Some((_, name)) = path.split_once('/')
+                && !name.contains('/')
+                && let Ok(id) = name.parse()
+            {
+                packs.push(id);
             }
         }
         Ok(packs)

@@ -18,11 +18,12 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
     StaticCredentialProvider,
 };
 
@@ -488,6 +489,23 @@ impl Backend for S3Backend {
             .collect();
         names.sort();
         names.dedup();
+        Ok(names)
+    }
+
+    fn list_recursive(&self, dir: &str) -> io::Result<Vec<String>> {
+        let prefix = self.key(dir)?;
+        let store = &self.store;
+        let objects: Vec<ObjectMeta> = self.call("list", dir, async {
+            store.list(prefix.as_ref()).try_collect().await
+        })?;
+        let skip = prefix.as_ref().map_or(0, |p| p.as_ref().len() + 1);
+        let mut names: Vec<String> = objects
+            .iter()
+            .filter_map(|object| object.location.as_ref().get(skip..))
+            .filter(|relative| !relative.split('/').any(|part| part.starts_with('.')))
+            .map(str::to_string)
+            .collect();
+        names.sort();
         Ok(names)
     }
 
