@@ -6,10 +6,13 @@
 //! unmounts it even when the test fails. The tests need `/dev/fuse`, and they
 //! fail, never skip, without it. They expect to run as root, as CI does,
 //! because they change owners, set trusted.* extended attributes and drop the
-//! kernel's dentry cache.
+//! kernel's dentry cache. The test in `s3.rs` also starts `moto_server`
+//! (`pip install 'moto[server]'`) on 127.0.0.1, and fails without it.
 //!
 //! Run them with `cargo test --test fuse`.
 
+#[path = "../tests/support/s3_server.rs"]
+mod s3_server;
 mod support;
 mod tree;
 
@@ -19,5 +22,6 @@ mod listing;
 mod read_only;
 mod reads;
 mod round_trip;
+mod s3;
 mod two_paths;
 mod views;

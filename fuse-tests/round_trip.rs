@@ -28,7 +28,7 @@ const SPARSE_MAX_ALLOCATED: u64 = 1 << 20;
 const ACL_PATHS: [&str; 2] = ["acl/file", "acl/dir"];
 
 /// Writes the source tree below `root`, which must not exist.
-fn build_tree(root: &Path) {
+pub fn build_tree(root: &Path) {
     let at = |relative: &str| root.join(relative);
 
     fs::create_dir_all(at("nested/a/b/c")).unwrap();
@@ -162,7 +162,7 @@ fn acl_text(path: &Path) -> String {
 
 /// Asserts the properties of the sparse file and the ACLs that the tree
 /// comparison does not cover.
-fn assert_sparse_and_acls(source: &Path, actual: &Path, label: &str) {
+pub fn assert_sparse_and_acls(source: &Path, actual: &Path, label: &str) {
     let sparse = actual.join("sparse.img");
     let md = fs::metadata(&sparse).unwrap_or_else(|e| panic!("stat {}: {e}", sparse.display()));
     assert_eq!(

@@ -43,14 +43,19 @@ pub fn require_fuse() {
 // Running the binary
 // ---------------------------------------------------------------------------
 
-/// Returns a `cairn` command that ignores the caller's repository, password and
-/// log settings and reads no standard input.
+/// Returns a `cairn` command that ignores the caller's repository, password,
+/// S3 and log settings and reads no standard input.
 pub fn cairn_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
     for name in [
         "CAIRN_REPO",
         "CAIRN_PASSWORD",
         "CAIRN_PASSWORD_FILE",
+        "CAIRN_S3_REQUEST_TIMEOUT",
+        "CAIRN_S3_RETRY_TIMEOUT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
         "RUST_LOG",
     ] {
         command.env_remove(name);
@@ -93,12 +98,26 @@ pub fn run_tool_ok(program: &str, args: &[&OsStr]) -> Vec<u8> {
 pub struct Fixture {
     _dir: TempDir,
     root: PathBuf,
+    /// Repository location: a directory, or an `s3:` URL.
     pub repo: PathBuf,
     password_file: PathBuf,
+    /// Environment variables set for every command, such as S3 credentials.
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Fixture {
+    /// Initializes a repository in the temporary directory.
     pub fn new() -> Self {
+        Self::init(None, Vec::new())
+    }
+
+    /// Initializes a repository at `repo`, which may be an `s3:` URL, running
+    /// every command with the environment variables `env`.
+    pub fn with_repository(repo: &str, env: Vec<(OsString, OsString)>) -> Self {
+        Self::init(Some(PathBuf::from(repo)), env)
+    }
+
+    fn init(repo: Option<PathBuf>, env: Vec<(OsString, OsString)>) -> Self {
         require_fuse();
         let dir = tempfile::Builder::new()
             .prefix("cairn-fuse-")
@@ -110,7 +129,7 @@ impl Fixture {
             .path()
             .canonicalize()
             .expect("canonicalize temporary directory");
-        let repo = root.join("repo");
+        let repo = repo.unwrap_or_else(|| root.join("repo"));
         let password_file = root.join("password");
         fs::write(&password_file, format!("{PASSWORD}\n")).expect("write password file");
         let fixture = Fixture {
@@ -118,6 +137,7 @@ impl Fixture {
             root,
             repo,
             password_file,
+            env,
         };
         fixture.run_ok(["init"]);
         fixture
@@ -135,7 +155,8 @@ impl Fixture {
             .arg("--repo")
             .arg(&self.repo)
             .arg("--password-file")
-            .arg(&self.password_file);
+            .arg(&self.password_file)
+            .envs(self.env.iter().map(|(name, value)| (name, value)));
         command
     }
 

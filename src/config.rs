@@ -32,6 +32,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::exclude::{ExcludeOptions, Excludes};
+use crate::repository::Location;
 use crate::retention::CalendarDuration;
 
 /// Default path of the configuration file.
@@ -53,7 +54,8 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
-    /// Repository directory.
+    /// Repository location: an absolute directory, or an `s3:` URL as
+    /// `--repo` takes it.
     pub path: Spanned<PathBuf>,
     /// File whose first line is the password; otherwise the environment or a
     /// prompt supplies it, as for `--repo`.
@@ -368,13 +370,22 @@ impl LoadedConfig {
         problems: &mut Vec<Problem>,
     ) {
         let key = format!("repositories.{}", name.get_ref());
-        if !repository.path.get_ref().is_absolute() {
-            problems.push(self.problem(
+        match Location::parse(repository.path.get_ref().as_os_str()) {
+            Ok(Location::Local(path)) if !path.is_absolute() => {
+                problems.push(self.problem(
+                    Severity::Error,
+                    repository.path.span(),
+                    &format!("{key}.path"),
+                    "the repository path must be absolute".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => problems.push(self.problem(
                 Severity::Error,
                 repository.path.span(),
                 &format!("{key}.path"),
-                "the repository path must be absolute".into(),
-            ));
+                error.to_string(),
+            )),
         }
         if let Some(file) = &repository.password_file
             && !file.get_ref().is_file()
@@ -598,6 +609,31 @@ keep_within = "30d"
         assert!(
             keys.contains(&("datasets.home.schedule", 9, "\"every day\"")),
             "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn s3_repository_path_is_valid() {
+        let text = VALID.replace(
+            "path = \"/srv/backup/main\"",
+            "path = \"s3:https://s3.example.com/backups/main\"",
+        );
+        assert_eq!(parse(&text).unwrap().validate(), Vec::new());
+    }
+
+    #[test]
+    fn invalid_s3_url_reports_path() {
+        let text = VALID.replace(
+            "path = \"/srv/backup/main\"",
+            "path = \"s3:ftp://s3.example.com/backups\"",
+        );
+        let problems = parse(&text).unwrap().validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "repositories.main.path", "{problems:?}");
+        assert_eq!(problems[0].line, 3, "{problems:?}");
+        assert!(
+            problems[0].message.contains("http or https"),
+            "{problems:?}"
         );
     }
 

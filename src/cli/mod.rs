@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::repository::{RepoError, Repository};
+use crate::repository::{Location, RepoError, Repository};
 
 /// Exit code of a run that did its work.
 pub const EXIT_OK: i32 = 0;
@@ -51,8 +51,15 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Repository directory.
-    #[arg(short = 'r', long, env = "CAIRN_REPO", global = true)]
+    /// Repository: a directory, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
+    /// with credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(
+        short = 'r',
+        long,
+        env = "CAIRN_REPO",
+        global = true,
+        value_name = "LOCATION"
+    )]
     pub repo: Option<PathBuf>,
 
     /// File whose first line is the password; otherwise CAIRN_PASSWORD, or a
@@ -140,7 +147,10 @@ pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // fuser 0.18 logs a harmless warning when an external umount is followed
         // by its own unmount attempt, so only its errors are shown by default.
-        tracing_subscriber::EnvFilter::new(format!("cairn={default},fuser=error"))
+        // object_store logs each retry of an S3 request at info level.
+        tracing_subscriber::EnvFilter::new(format!(
+            "cairn={default},object_store={default},fuser=error"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -185,10 +195,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+fn repo_location(cli: &Cli) -> anyhow::Result<Location> {
+    let value = cli
+        .repo
+        .as_ref()
+        .context("no repository given: pass --repo LOCATION or set CAIRN_REPO")?;
+    Ok(Location::parse(value.as_os_str())?)
+}
+
+/// Returns the --repo value as given, a directory or an `s3:` URL.
 fn repo_path(cli: &Cli) -> anyhow::Result<&PathBuf> {
     cli.repo
         .as_ref()
-        .context("no repository given: pass --repo PATH or set CAIRN_REPO")
+        .context("no repository given: pass --repo LOCATION or set CAIRN_REPO")
 }
 
 /// Sources of the password of one repository, tried in order: a file, a
@@ -269,24 +288,28 @@ fn open(cli: &Cli) -> anyhow::Result<Repository> {
 }
 
 /// Opens the repository named on the command line, and returns the password
-/// that opened it too.
+/// that opened it too. A missing repository is reported before the password
+/// is read.
 fn open_with_password(cli: &Cli) -> anyhow::Result<(Repository, Vec<u8>)> {
-    let path = repo_path(cli)?;
-    if !path.join("config").is_file() {
-        return Err(RepoError::NotFound(path.display().to_string()).into());
+    let location = repo_location(cli)?;
+    let backend = location.connect()?;
+    if !Repository::exists(backend.as_ref())? {
+        return Err(RepoError::NotFound(location.to_string()).into());
     }
     let password = password(cli, false)?;
-    let repo = open_at(path, &password)?;
+    let repo = Repository::open(backend, &password)?;
     Ok((repo, password))
 }
 
-/// Opens the repository at `path`, failing with [`RepoError::NotFound`] before
-/// any password is used if there is none.
-fn open_at(path: &Path, password: &[u8]) -> anyhow::Result<Repository> {
-    if !path.join("config").is_file() {
-        return Err(RepoError::NotFound(path.display().to_string()).into());
+/// Opens the repository at `value`, a directory or an `s3:` URL, failing with
+/// [`RepoError::NotFound`] if there is none.
+fn open_at(value: &Path, password: &[u8]) -> anyhow::Result<Repository> {
+    let location = Location::parse(value.as_os_str())?;
+    let backend = location.connect()?;
+    if !Repository::exists(backend.as_ref())? {
+        return Err(RepoError::NotFound(location.to_string()).into());
     }
-    Ok(Repository::open_local(path, password)?)
+    Ok(Repository::open(backend, password)?)
 }
 
 #[derive(Debug, Args)]
@@ -303,7 +326,7 @@ pub struct InitArgs {
 }
 
 fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
-    let path = repo_path(cli)?;
+    let location = repo_location(cli)?;
     let like = match &args.like {
         Some(like_path) => {
             let prompt = format!("Password of {}: ", like_path.display());
@@ -325,13 +348,12 @@ fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
     };
     let password = password(cli, true)?;
     let repo = match &like {
-        Some(like) => Repository::init_local_like(path, &password, "default", like)?,
-        None => Repository::init_local(path, &password, "default")?,
+        Some(like) => Repository::init_like_at(&location, &password, "default", like)?,
+        None => Repository::init_at(&location, &password, "default")?,
     };
     println!(
-        "created repository {} at {}",
+        "created repository {} at {location}",
         hex::encode(repo.config().repo_id),
-        path.display()
     );
     if let Some(like) = &like {
         println!(

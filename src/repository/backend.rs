@@ -28,7 +28,13 @@ pub trait Backend: Send + Sync {
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
     /// Lists the file names directly inside a directory; a missing directory is empty.
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
-    /// Removes a file.
+    /// Lists the files at any depth below a directory as sorted paths relative
+    /// to it, such as `3f/3fa1…` below `data`. Names that start with `.` are
+    /// left out at every level, and a missing directory is empty. One call
+    /// replaces a listing per subdirectory, which costs a request each on S3.
+    fn list_recursive(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Removes a file. Removing a file that does not exist fails on a local
+    /// directory and succeeds on S3, whose DELETE does not tell the two apart.
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Returns the free space in bytes where new files go, if the backend can tell.
     fn free_space(&self) -> Option<u64>;
@@ -163,6 +169,40 @@ impl Backend for LocalBackend {
         Ok(names)
     }
 
+    fn list_recursive(&self, dir: &str) -> io::Result<Vec<String>> {
+        let mut files = Vec::new();
+        let mut pending = vec![String::new()];
+        while let Some(relative) = pending.pop() {
+            let path = self.path(dir).join(&relative);
+            let entries = match fs::read_dir(&path) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && relative.is_empty() => break,
+                Err(e) => return Err(with_path(e, &path)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| with_path(e, &path))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if name.starts_with('.') {
+                    continue;
+                }
+                let child = if relative.is_empty() {
+                    name
+                } else {
+                    format!("{relative}/{name}")
+                };
+                if entry.file_type().map_err(|e| with_path(e, &path))?.is_dir() {
+                    pending.push(child);
+                } else {
+                    files.push(child);
+                }
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
     fn remove(&self, name: &str) -> io::Result<()> {
         self.open_files.lock().expect("file cache lock").pop(name);
         let path = self.path(name);
@@ -194,5 +234,34 @@ impl Backend for LocalBackend {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_recursive_skips_dot_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        backend.write_atomic("data/ab/ab01", b"pack").unwrap();
+        backend.write_atomic("data/cd/cd02", b"pack").unwrap();
+        fs::write(dir.path().join("data/ab/.tmp-0123456789abcdef"), b"").unwrap();
+        fs::create_dir_all(dir.path().join("data/.hidden")).unwrap();
+        fs::write(dir.path().join("data/.hidden/ef03"), b"").unwrap();
+
+        assert_eq!(
+            backend.list_recursive("data").unwrap(),
+            ["ab/ab01", "cd/cd02"]
+        );
+        assert_eq!(backend.list_recursive("data/ab").unwrap(), ["ab01"]);
+    }
+
+    #[test]
+    fn list_recursive_of_missing_dir_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        assert!(backend.list_recursive("data").unwrap().is_empty());
     }
 }

@@ -11,14 +11,17 @@
 //! ```
 //!
 //! Writes follow one order: packs, then the index files that list them, then the
-//! snapshot that refers to their blobs. Each file is written under a temporary
-//! name, synced and renamed, so a crash leaves at worst unreferenced files.
+//! snapshot that refers to their blobs. Each file is written atomically (a
+//! renamed temporary file in a directory, one PUT in an S3 bucket), so a crash
+//! leaves at worst unreferenced files.
 
 pub mod backend;
 pub mod index;
 mod keyfile;
+pub mod location;
 pub mod lock;
 pub mod pack;
+pub mod s3;
 mod writer;
 
 use std::num::NonZeroUsize;
@@ -31,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use self::backend::{Backend, LocalBackend};
 use self::index::{Index, IndexRecord, MAX_INDEX_LEN};
 pub use self::keyfile::{KeyFile, KeySlot};
+pub use self::location::Location;
 use self::pack::BlobKind;
 pub use self::writer::BlobWriter;
 use crate::chunker::{Chunker, ChunkerParams};
@@ -55,9 +59,12 @@ pub enum RepoError {
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The directory contains no repository.
+    /// The directory or key prefix contains no repository.
     #[error("no cairn repository at {0}: run `cairn init` first, or check --repo")]
     NotFound(String),
+    /// The repository location is invalid, or its storage cannot be used.
+    #[error("{0}")]
+    Location(String),
     /// `init` found an existing repository.
     #[error("a repository already exists at {0}")]
     AlreadyExists(String),
@@ -201,6 +208,48 @@ impl Repository {
         }
         std::fs::create_dir_all(path)?;
         Ok(Box::new(LocalBackend::new(path)))
+    }
+
+    /// Creates a repository at `location`, with one key slot named `name`.
+    pub fn init_at(location: &Location, password: &[u8], name: &str) -> Result<Self, RepoError> {
+        if let Location::Local(path) = location {
+            return Self::init_local(path, password, name);
+        }
+        let backend = location.connect()?;
+        if Self::exists(backend.as_ref())? {
+            return Err(RepoError::AlreadyExists(location.to_string()));
+        }
+        Self::init(backend, password, name, KdfParams::DEFAULT)
+    }
+
+    /// Creates a repository at `location` like [`Repository::init_local_like`].
+    pub fn init_like_at(
+        location: &Location,
+        password: &[u8],
+        name: &str,
+        like: &Repository,
+    ) -> Result<Self, RepoError> {
+        if let Location::Local(path) = location {
+            return Self::init_local_like(path, password, name, like);
+        }
+        let backend = location.connect()?;
+        if Self::exists(backend.as_ref())? {
+            return Err(RepoError::AlreadyExists(location.to_string()));
+        }
+        Self::init_like(backend, password, name, KdfParams::DEFAULT, like)
+    }
+
+    /// Returns true when the backend contains a repository, that is a `config`
+    /// file. Failures other than a missing file are returned as errors.
+    pub fn exists(backend: &dyn Backend) -> Result<bool, RepoError> {
+        use std::io::ErrorKind;
+        match backend.size("config") {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates a repository on a backend, with one key slot.
@@ -433,11 +482,13 @@ impl Repository {
     /// Lists the packs stored in `data/`.
     pub fn list_packs(&self) -> Result<Vec<PackId>, RepoError> {
         let mut packs = Vec::new();
-        for prefix in self.backend.list("data")? {
-            for name in self.backend.list(&format!("data/{prefix}"))? {
-                if let Ok(id) = name.parse() {
-                    packs.push(id);
-                }
+        for path in self.backend.list_recursive("data")? {
+            // Packs lie exactly one directory deep, in data/<2 hex>/.
+            if let Some((_, name)) = path.split_once('/')
+                && !name.contains('/')
+                && let Ok(id) = name.parse()
+            {
+                packs.push(id);
             }
         }
         Ok(packs)

@@ -13,6 +13,8 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod s3_server;
+
 pub const PASSWORD: &str = "correct horse battery staple";
 
 pub const EXIT_OK: i32 = 0;
@@ -22,8 +24,8 @@ pub const EXIT_NO_REPOSITORY: i32 = 10;
 pub const EXIT_LOCKED: i32 = 11;
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
 
-/// Returns a `cairn` command that ignores the caller's repository, password and
-/// log settings and reads no standard input.
+/// Returns a `cairn` command that ignores the caller's repository, password,
+/// S3 and log settings and reads no standard input.
 pub fn cairn_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
     for name in [
@@ -35,6 +37,11 @@ pub fn cairn_command() -> Command {
         "CAIRN_FROM_PASSWORD_FILE",
         "CAIRN_LIKE_PASSWORD",
         "CAIRN_LIKE_PASSWORD_FILE",
+        "CAIRN_S3_REQUEST_TIMEOUT",
+        "CAIRN_S3_RETRY_TIMEOUT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
         "RUST_LOG",
     ] {
         command.env_remove(name);
@@ -64,20 +71,36 @@ pub fn stderr_of(output: &Output) -> String {
 /// A temporary directory with a password file and an initialized repository.
 pub struct Fixture {
     pub dir: TempDir,
+    /// Repository location: a directory, or an `s3:` URL.
     pub repo: PathBuf,
     pub password_file: PathBuf,
+    /// Environment variables set for every command, such as S3 credentials.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl Fixture {
+    /// Initializes a repository in the temporary directory.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("create temporary directory");
         let repo = dir.path().join("repo");
+        Self::init_at(dir, repo, Vec::new())
+    }
+
+    /// Initializes a repository at `repo`, which may be an `s3:` URL, running
+    /// every command with the environment variables `env`.
+    pub fn with_repository(repo: &str, env: Vec<(OsString, OsString)>) -> Self {
+        let dir = tempfile::tempdir().expect("create temporary directory");
+        Self::init_at(dir, PathBuf::from(repo), env)
+    }
+
+    fn init_at(dir: TempDir, repo: PathBuf, env: Vec<(OsString, OsString)>) -> Self {
         let password_file = dir.path().join("password");
         fs::write(&password_file, format!("{PASSWORD}\n")).expect("write password file");
         let fixture = Fixture {
             dir,
             repo,
             password_file,
+            env,
         };
         fixture.run_ok(["init"]);
         fixture
@@ -102,6 +125,7 @@ impl Fixture {
     pub fn command(&self) -> Command {
         let mut command = cairn_command();
         command.args(self.global_args());
+        command.envs(self.env.iter().map(|(name, value)| (name, value)));
         command
     }
 
