@@ -102,6 +102,9 @@ pub(super) struct CairnFs {
     /// makes the kernel stop asking. `ls -l` asks for `security.selinux` on every
     /// entry, so this removes one round trip to this process per entry.
     serve_xattrs: bool,
+    /// Set at FUSE init when the kernel opens directories without asking, see
+    /// [`fuser::Filesystem::init`] in `ops`.
+    kernel_opens_dirs: bool,
 }
 
 impl CairnFs {
@@ -148,6 +151,7 @@ impl CairnFs {
             logged_errors: Mutex::new(HashSet::new()),
             incoming,
             serve_xattrs,
+            kernel_opens_dirs: false,
         })
     }
 

@@ -64,6 +64,15 @@ impl Filesystem for CairnFs {
         if config.add_capabilities(available).is_err() {
             debug!("kernel rejected FUSE capabilities {available:?}");
         }
+        // Without a writable folder, no directory ever changes, so the kernel
+        // may open directories itself: answering the first OPENDIR with ENOSYS
+        // makes it stop sending OPENDIR and RELEASEDIR, and it then keeps every
+        // listing cached as if FOPEN_CACHE_DIR and FOPEN_KEEP_CACHE were set.
+        // That saves two round trips per directory of a `find`.
+        self.kernel_opens_dirs = self.incoming.is_none()
+            && config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         debug!(unsupported = ?(requested - available), "FUSE capabilities the kernel does not offer");
         Ok(())
     }
@@ -260,6 +269,9 @@ impl Filesystem for CairnFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if let Some(overlay) = self.incoming(ino.0) {
             return self.incoming_opendir(overlay, ino.0, reply);
+        }
+        if self.kernel_opens_dirs {
+            return reply.error(Errno::ENOSYS);
         }
         match self.dir_entries(ino.0) {
             // Snapshot directories never change, so the kernel may keep their listing.
