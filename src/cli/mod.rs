@@ -15,6 +15,7 @@ mod progress;
 mod prune;
 mod repair;
 mod restore;
+mod serve;
 mod snapshots;
 mod unlock;
 
@@ -75,7 +76,8 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
-    /// Configuration file of `run`, `config check` and `schedule install`.
+    /// Configuration file of `run`, `config check` and `schedule install`, or
+    /// of `serve`, which needs a file of its own.
     #[arg(
         long,
         env = "CAIRN_CONFIG",
@@ -123,6 +125,9 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Remove stale locks left by processes that were killed.
     Unlock(unlock::UnlockArgs),
+    /// Serve repositories in local directories over HTTP(S) to clients with
+    /// tokens, each with a read, append or admin role (--config names them).
+    Serve(serve::ServeArgs),
     /// Back up a dataset of the configuration file and apply its retention
     /// policy.
     Run(config::RunArgs),
@@ -140,6 +145,8 @@ pub enum Command {
 pub fn init_logging(cli: &Cli) {
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
+        // The server logs each request at info level.
+        (false, 0) if matches!(cli.command, Command::Serve(_)) => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, _) => "debug",
@@ -187,6 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Key(args) => key::run(&cli, args),
         Command::Repair(args) => repair::run(&cli, args),
         Command::Unlock(args) => unlock::run(&cli, args),
+        Command::Serve(args) => serve::run(&cli, args),
         Command::Run(args) => config::run_dataset(&cli, args),
         Command::Config(args) => config::run_config(&cli, args),
         Command::Schedule(args) => config::run_schedule(&cli, args),
