@@ -52,8 +52,9 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Repository: a directory, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
-    /// with credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    /// Repository: a directory, s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] with
+    /// credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or
+    /// cairn:http(s)://HOST[:PORT]/NAME on a `cairn serve` server.
     #[arg(
         short = 'r',
         long,
@@ -67,6 +68,12 @@ pub struct Cli {
     /// prompt on the terminal.
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
+
+    /// File whose first line is the bearer token for a repository on a
+    /// `cairn serve` server (cairn:http(s)://HOST:PORT/NAME); otherwise
+    /// CAIRN_TOKEN.
+    #[arg(long, env = "CAIRN_TOKEN_FILE", global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// More log output (-v info, -vv debug); RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -179,6 +186,9 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
 
 /// Runs a parsed command and returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(path) = &cli.token_file {
+        crate::repository::http::set_token_file(path.clone());
+    }
     match &cli.command {
         Command::Init(args) => init(&cli, args),
         Command::Backup(args) => backup::run(&cli, args),
