@@ -181,14 +181,6 @@ impl RepositoryStore {
                 "backups need a client with the append or admin role",
             )));
         }
-        if let Some(name) = kind.content_hash(path) {
-            let actual = blake3::hash(bytes).to_hex();
-            if actual.as_str() != name {
-                return Err(StoreError::BadRequest(format!(
-                    "the body of {path} has the BLAKE3 hash {actual}, not its name"
-                )));
-            }
-        }
         if kind == FileKind::Lock {
             return self.write_lock(client, role, path, bytes);
         }
@@ -196,6 +188,19 @@ impl RepositoryStore {
         // admin creates them (with `init`).
         let may_create = role == Role::Admin || !matches!(kind, FileKind::Config | FileKind::Keys);
         if may_create {
+            if let Some(name) = kind.content_hash(path) {
+                let actual = blake3::hash(bytes).to_hex();
+                if actual.as_str() != name {
+                    // Other bytes for an existing file are an attempt to
+                    // replace it, and get that answer.
+                    if self.exists(path)? {
+                        return Err(self.refuse_replace(client, role, kind, path));
+                    }
+                    return Err(StoreError::BadRequest(format!(
+                        "the body of {path} has the BLAKE3 hash {actual}, not its name"
+                    )));
+                }
+            }
             match self.backend.create_new(path, bytes) {
                 Ok(()) => return Ok(Written::Created),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -221,15 +226,27 @@ impl RepositoryStore {
                 .map_err(|e| self.io_error("write", path, e))?;
             return Ok(Written::Replaced);
         }
+        Err(self.refuse_replace(client, role, kind, path))
+    }
+
+    fn exists(&self, path: &str) -> Result<bool, StoreError> {
+        match self.backend.size(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.io_error("stat", path, e)),
+        }
+    }
+
+    fn refuse_replace(&self, client: &str, role: Role, kind: FileKind, path: &str) -> StoreError {
         let hint = match kind {
             FileKind::Keys => "key changes need a client with the admin role",
             FileKind::Config => "the config is written once, by init",
-            _ => "files named by their hash are never replaced",
+            _ => "files named by the hash of their bytes are never replaced",
         };
-        Err(StoreError::Conflict(format!(
+        StoreError::Conflict(format!(
             "{path} exists with other content: {}",
             self.refuse(client, role, &format!("replace {path}"), hint)
-        )))
+        ))
     }
 
     fn write_lock(
@@ -241,12 +258,7 @@ impl RepositoryStore {
     ) -> Result<Written, StoreError> {
         let _guard = self.locks.lock().expect("lock files mutex");
         let owner = owner_path(path);
-        let exists = match self.backend.size(path) {
-            Ok(_) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => return Err(self.io_error("stat", path, e)),
-        };
-        if exists {
+        if self.exists(path)? {
             self.check_lock_owner(client, role, path, "replace")?;
             self.backend
                 .write_atomic(path, bytes)
@@ -376,10 +388,12 @@ mod tests {
 
         assert_eq!(append(b"pack one"), Ok(Written::Created));
         assert_eq!(append(b"pack one"), Ok(Written::Unchanged));
-        assert!(matches!(
-            append(b"pack two"),
-            Err(StoreError::BadRequest(_))
-        ));
+        assert!(matches!(append(b"pack two"), Err(StoreError::Conflict(_))));
+        let unnamed = store.write("alpha", Role::Append, FileKind::Pack, &pack(b"x"), b"y");
+        assert!(
+            matches!(unnamed, Err(StoreError::BadRequest(_))),
+            "{unnamed:?}"
+        );
         assert!(matches!(
             store.delete("alpha", Role::Append, FileKind::Pack, &path),
             Err(StoreError::Forbidden(_))
