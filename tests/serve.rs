@@ -241,7 +241,10 @@ fn reader_cannot_write() {
         describe(&output)
     );
     let stderr = stderr_of(&output);
-    assert!(stderr.contains("the server refused to write"), "{stderr}");
+    assert!(
+        stderr.contains("the server rejected the request to write"),
+        "{stderr}"
+    );
     assert!(stderr.contains("read role"), "{stderr}");
 }
 
@@ -275,7 +278,7 @@ fn forget_and_prune_need_admin() {
     assert_eq!(
         setup.repository_files(),
         before,
-        "a refused command changed files"
+        "a rejected command changed files"
     );
 
     setup.run_ok(Client::Operator, ["forget", "--keep-last", "1", "--prune"]);

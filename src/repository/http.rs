@@ -248,7 +248,7 @@ fn load_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
 }
 
 impl HttpBackend {
-    /// Sets up a client for `url` and asks the server for this token's role,
+    /// Sets up a client for `url` and requests this token's role from the server,
     /// so that a wrong address, repository name or token fails here with a
     /// clear error rather than in the middle of a command.
     pub fn connect(url: ServerUrl, settings: &HttpSettings) -> io::Result<Self> {
@@ -380,7 +380,7 @@ impl HttpBackend {
     }
 
     /// Turns a reply with an error status into an `io::Error` that names the
-    /// file, the refused operation and what to do.
+    /// file, the rejected operation and what to do.
     fn expect_success(&self, operation: &str, name: &str, reply: Reply) -> io::Result<Reply> {
         if reply.status.is_success() {
             return Ok(reply);
@@ -409,7 +409,7 @@ impl HttpBackend {
                 } else {
                     io::ErrorKind::PermissionDenied
                 },
-                format!("the server refused to {operation} {file}: {message}"),
+                format!("the server rejected the request to {operation} {file}: {message}"),
             ),
             StatusCode::PAYLOAD_TOO_LARGE => (
                 io::ErrorKind::FileTooLarge,

@@ -39,7 +39,7 @@ impl FileKind {
     }
 }
 
-/// What a request path names inside a repository.
+/// File or directory that a request path names inside a repository.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// A file, with its path relative to the repository root.
@@ -49,13 +49,13 @@ pub enum Target {
     Directory(String),
 }
 
-/// Why a request path was rejected.
+/// Reason for rejecting a request path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathError {
     /// Not a valid path at all: `..`, `.`, an empty segment, an encoded `/`,
-    /// or a name that starts with `.`. Answered with 400.
+    /// or a name that starts with `.`. The server returns 400.
     Invalid(String),
-    /// A well-formed path that names no repository file. Answered with 404.
+    /// A well-formed path that names no repository file. The server returns 404.
     Unknown(String),
 }
 

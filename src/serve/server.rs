@@ -29,7 +29,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// 1 Mbit/s, so this is generous for packs and still ends stalled uploads.
 const BODY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-/// Why the server could not start.
+/// Failure to start or run the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The configuration or a repository directory cannot be used.
@@ -41,7 +41,7 @@ pub enum ServeError {
     /// Binding or running the listener failed.
     #[error("{context}: {source}")]
     Io {
-        /// What was being done.
+        /// The step that failed.
         context: String,
         /// The cause.
         source: std::io::Error,
@@ -71,7 +71,7 @@ struct RequestLog {
     bytes: u64,
 }
 
-/// A response with a plain-text message.
+/// Builds a response with a plain-text message.
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
     let mut body = message.into();
     body.push('\n');

@@ -24,7 +24,7 @@ use super::config::Role;
 use super::paths::FileKind;
 use crate::repository::{Backend, LocalBackend};
 
-/// Why a request on a repository failed, with the message for the client.
+/// Failure of a request on a repository, with the message for the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StoreError {
     /// 400: the body does not match the file's name.
@@ -44,7 +44,7 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// What a successful write did.
+/// Outcome of a successful write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
     /// The file did not exist before.
@@ -157,7 +157,7 @@ impl RepositoryStore {
         result.map_err(|e| self.io_error("list", dir, e))
     }
 
-    fn refuse(&self, client: &str, role: Role, action: &str, hint: &str) -> String {
+    fn rejection(&self, client: &str, role: Role, action: &str, hint: &str) -> String {
         format!(
             "client {client} has the {role} role in repository {}, which may not {action}; {hint}",
             self.name
@@ -174,7 +174,7 @@ impl RepositoryStore {
         bytes: &[u8],
     ) -> Result<Written, StoreError> {
         if role == Role::Read {
-            return Err(StoreError::Forbidden(self.refuse(
+            return Err(StoreError::Forbidden(self.rejection(
                 client,
                 role,
                 &format!("write {path}"),
@@ -192,9 +192,9 @@ impl RepositoryStore {
                 let actual = blake3::hash(bytes).to_hex();
                 if actual.as_str() != name {
                     // Other bytes for an existing file are an attempt to
-                    // replace it, and get that answer.
+                    // replace it, and get the same status (409).
                     if self.exists(path)? {
-                        return Err(self.refuse_replace(client, role, kind, path));
+                        return Err(self.reject_replace(client, role, kind, path));
                     }
                     return Err(StoreError::BadRequest(format!(
                         "the body of {path} has the BLAKE3 hash {actual}, not its name"
@@ -211,7 +211,7 @@ impl RepositoryStore {
             Ok(existing) if existing == bytes => return Ok(Written::Unchanged),
             Ok(_) => {}
             Err(StoreError::NotFound(_)) => {
-                return Err(StoreError::Forbidden(self.refuse(
+                return Err(StoreError::Forbidden(self.rejection(
                     client,
                     role,
                     &format!("create {path}"),
@@ -226,7 +226,7 @@ impl RepositoryStore {
                 .map_err(|e| self.io_error("write", path, e))?;
             return Ok(Written::Replaced);
         }
-        Err(self.refuse_replace(client, role, kind, path))
+        Err(self.reject_replace(client, role, kind, path))
     }
 
     fn exists(&self, path: &str) -> Result<bool, StoreError> {
@@ -237,7 +237,7 @@ impl RepositoryStore {
         }
     }
 
-    fn refuse_replace(&self, client: &str, role: Role, kind: FileKind, path: &str) -> StoreError {
+    fn reject_replace(&self, client: &str, role: Role, kind: FileKind, path: &str) -> StoreError {
         let hint = match kind {
             FileKind::Keys => "key changes need a client with the admin role",
             FileKind::Config => "the config is written once, by init",
@@ -245,7 +245,7 @@ impl RepositoryStore {
         };
         StoreError::Conflict(format!(
             "{path} exists with other content: {}",
-            self.refuse(client, role, &format!("replace {path}"), hint)
+            self.rejection(client, role, &format!("replace {path}"), hint)
         ))
     }
 
@@ -301,7 +301,7 @@ impl RepositoryStore {
         };
         Err(StoreError::Forbidden(format!(
             "{path}: {holder}, and {}",
-            self.refuse(
+            self.rejection(
                 client,
                 role,
                 &format!("{action} the locks of others"),
@@ -333,7 +333,7 @@ impl RepositoryStore {
             return Ok(());
         }
         if role != Role::Admin {
-            return Err(StoreError::Forbidden(self.refuse(
+            return Err(StoreError::Forbidden(self.rejection(
                 client,
                 role,
                 &format!("delete {path}"),
@@ -346,10 +346,10 @@ impl RepositoryStore {
     }
 
     /// Removes the temporary files of writes that never finished, as
-    /// `prune` does. Admin only, because it is safe only while nobody writes.
+    /// `prune` does. Admin only, because it is safe only while no client writes.
     pub fn remove_temporary_files(&self, client: &str, role: Role) -> Result<u64, StoreError> {
         if role != Role::Admin {
-            return Err(StoreError::Forbidden(self.refuse(
+            return Err(StoreError::Forbidden(self.rejection(
                 client,
                 role,
                 "remove temporary files",
@@ -415,9 +415,9 @@ mod tests {
         let same = store.write("alpha", Role::Append, FileKind::Keys, "keys", b"old");
         assert_eq!(same, Ok(Written::Unchanged));
 
-        let refused = store.write("alpha", Role::Append, FileKind::Keys, "keys", b"new");
-        let Err(StoreError::Conflict(message)) = refused else {
-            panic!("append replaced keys: {refused:?}");
+        let rejected = store.write("alpha", Role::Append, FileKind::Keys, "keys", b"new");
+        let Err(StoreError::Conflict(message)) = rejected else {
+            panic!("append replaced keys: {rejected:?}");
         };
         assert!(message.contains("append role"), "{message}");
         assert_eq!(store.read("keys").unwrap(), b"old");
@@ -473,9 +473,9 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("locks")).unwrap();
         std::fs::write(dir.path().join(LOCK), b"written on the server").unwrap();
 
-        let refused = store.delete("alpha", Role::Append, FileKind::Lock, LOCK);
-        let Err(StoreError::Forbidden(message)) = refused else {
-            panic!("append deleted a foreign lock: {refused:?}");
+        let rejected = store.delete("alpha", Role::Append, FileKind::Lock, LOCK);
+        let Err(StoreError::Forbidden(message)) = rejected else {
+            panic!("append deleted a foreign lock: {rejected:?}");
         };
         assert!(
             message.contains("not created through this server"),

@@ -35,7 +35,7 @@ impl Client {
         }
     }
 
-    /// The token of this client.
+    /// Returns the token of this client.
     pub fn token(self) -> String {
         format!("test-token-of-{}", self.name())
     }
