@@ -311,6 +311,8 @@ impl Server {
                 if declared.is_some_and(|len| len > limit as u64) {
                     return too_large(&path, limit);
                 }
+                // NOTE: the whole body is held in memory until it is written, so
+                // many large uploads at once cost that much memory on the server.
                 let body = Limited::new(request.into_body(), limit);
                 let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
                     Err(_) => {
@@ -382,6 +384,8 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+// NOTE: no test starts the server with TLS yet; the tests use plain HTTP on
+// 127.0.0.1, so certificate loading and CAIRN_CA_FILE have never been run.
 fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
