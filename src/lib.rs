@@ -20,6 +20,7 @@ pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod serve;
 pub mod snapshot;
 pub mod stream;
 pub mod tree;

@@ -161,6 +161,9 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> anyhow::Result<i32> {
 /// Removes the snapshots named on the command line.
 fn forget_named(cli: &Cli, args: &ForgetArgs) -> anyhow::Result<i32> {
     let repo = open(cli)?;
+    if !args.dry_run {
+        repo.backend().check_can_delete("forget")?;
+    }
     let lock = take_lock(&repo, args)?;
     let mut chosen: Vec<(SnapshotId, Snapshot)> = Vec::new();
     for spec in &args.snapshots {
@@ -210,6 +213,9 @@ fn forget_named(cli: &Cli, args: &ForgetArgs) -> anyhow::Result<i32> {
 /// Applies the policy to the selected snapshots and removes those it does not keep.
 fn forget_by_policy(cli: &Cli, args: &ForgetArgs, policy: &Policy) -> anyhow::Result<i32> {
     let repo = open(cli)?;
+    if !args.dry_run {
+        repo.backend().check_can_delete("forget")?;
+    }
     // The lock comes before the listing, so no prune reads the snapshots while
     // some of them disappear.
     let lock = take_lock(&repo, args)?;

@@ -78,6 +78,9 @@ fn new_password(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
 
 pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
     let (repo, current_password) = open_with_password(cli)?;
+    if !matches!(args.command, KeyCommand::List) {
+        repo.backend().check_can_delete("changing keys")?;
+    }
     match &args.command {
         KeyCommand::List => {
             println!(

@@ -15,6 +15,7 @@ mod progress;
 mod prune;
 mod repair;
 mod restore;
+mod serve;
 mod snapshots;
 mod unlock;
 
@@ -51,8 +52,9 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Repository: a directory, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
-    /// with credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    /// Repository: a directory, s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] with
+    /// credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or
+    /// cairn:http(s)://HOST[:PORT]/NAME on a `cairn serve` server.
     #[arg(
         short = 'r',
         long,
@@ -67,6 +69,12 @@ pub struct Cli {
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
 
+    /// File whose first line is the bearer token for a repository on a
+    /// `cairn serve` server (cairn:http(s)://HOST:PORT/NAME); otherwise
+    /// CAIRN_TOKEN.
+    #[arg(long, env = "CAIRN_TOKEN_FILE", global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// More log output (-v info, -vv debug); RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -75,7 +83,8 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
-    /// Configuration file of `run`, `config check` and `schedule install`.
+    /// Configuration file of `run`, `config check` and `schedule install`, or
+    /// of `serve`, which needs a file of its own.
     #[arg(
         long,
         env = "CAIRN_CONFIG",
@@ -123,6 +132,9 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Remove stale locks left by processes that were killed.
     Unlock(unlock::UnlockArgs),
+    /// Serve repositories in local directories over HTTP(S) to clients with
+    /// tokens, each with a read, append or admin role (--config names them).
+    Serve(serve::ServeArgs),
     /// Back up a dataset of the configuration file and apply its retention
     /// policy.
     Run(config::RunArgs),
@@ -140,6 +152,8 @@ pub enum Command {
 pub fn init_logging(cli: &Cli) {
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
+        // The server logs each request at info level.
+        (false, 0) if matches!(cli.command, Command::Serve(_)) => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, _) => "debug",
@@ -172,6 +186,9 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
 
 /// Runs a parsed command and returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(path) = &cli.token_file {
+        crate::repository::http::set_token_file(path.clone());
+    }
     match &cli.command {
         Command::Init(args) => init(&cli, args),
         Command::Backup(args) => backup::run(&cli, args),
@@ -187,6 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Key(args) => key::run(&cli, args),
         Command::Repair(args) => repair::run(&cli, args),
         Command::Unlock(args) => unlock::run(&cli, args),
+        Command::Serve(args) => serve::run(&cli, args),
         Command::Run(args) => config::run_dataset(&cli, args),
         Command::Config(args) => config::run_config(&cli, args),
         Command::Schedule(args) => config::run_schedule(&cli, args),

@@ -59,6 +59,9 @@ pub fn print_report(report: &PruneReport, dry_run: bool) {
 
 pub fn run(cli: &Cli, args: &PruneArgs) -> anyhow::Result<i32> {
     let repo = open(cli)?;
+    if !args.dry_run {
+        repo.backend().check_can_delete("prune")?;
+    }
     let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("items"));
     let report = prune_with_progress(&repo, &args.options(), &progress)?;
     if let Some(display) = display {

@@ -37,6 +37,7 @@ pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
     let wait = Duration::from_secs(args.lock_wait);
     match &args.what {
         RepairCommand::Index => {
+            repo.backend().check_can_delete("repair index")?;
             let outcome = repair_index(&repo, wait)?;
             println!(
                 "indexed {} blobs from {} packs",
@@ -52,6 +53,10 @@ pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
             }
         }
         RepairCommand::Snapshots { read_data, forget } => {
+            if *forget {
+                repo.backend()
+                    .check_can_delete("repair snapshots --forget")?;
+            }
             let bad = if *read_data {
                 let packs: HashSet<_> = repo.list_packs()?.into_iter().collect();
                 let (problems, bad) = read_packs(&repo, &packs, None);

@@ -41,6 +41,14 @@ pub trait Backend: Send + Sync {
     /// Removes the temporary files of writes that never finished and returns how
     /// many there were. Only safe while no other process writes.
     fn remove_temporary_files(&self) -> io::Result<u64>;
+    /// Fails with [`io::ErrorKind::PermissionDenied`] when this client may not
+    /// delete or replace files, so that `command` (such as `prune`) stops
+    /// before it changes anything. Only a `cairn serve` token without the
+    /// admin role has such a limit.
+    fn check_can_delete(&self, command: &str) -> io::Result<()> {
+        let _ = command;
+        Ok(())
+    }
 }
 
 /// Open files kept for ranged reads, so that reading many small blobs from one
@@ -86,6 +94,60 @@ impl LocalBackend {
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
+
+    /// Writes a file like [`Backend::write_atomic`], but only if no file of
+    /// that name exists. Fails with [`io::ErrorKind::AlreadyExists`] otherwise,
+    /// and leaves the existing file as it was.
+    ///
+    /// The check and the creation are one step: the finished temporary file is
+    /// hard-linked to the final name, which fails if the name exists, even when
+    /// another process creates it at the same moment. So this needs a file
+    /// system with hard links.
+    pub fn create_new(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_through_temporary(name, bytes, false)
+    }
+
+    /// Writes `bytes` to a synced temporary file in the final directory, then
+    /// renames it over `name` (`replace`) or links it to `name`, and syncs the
+    /// directory.
+    fn write_through_temporary(&self, name: &str, bytes: &[u8], replace: bool) -> io::Result<()> {
+        let path = self.path(name);
+        let dir = path
+            .parent()
+            .expect("repository file has a parent directory");
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+            // A new directory (such as data/3f/) is durable only once its parent
+            // directory is synced.
+            if let Some(parent) = dir.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| with_path(e, parent))?;
+            }
+        }
+
+        // Temporary files carry a random suffix, so writers never collide, and a
+        // leftover from a crash is never mistaken for a finished file.
+        let suffix: u64 = rand::rng().random();
+        let tmp = dir.join(format!(".tmp-{suffix:016x}"));
+        let result = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            if replace {
+                fs::rename(&tmp, &path)?;
+            } else {
+                fs::hard_link(&tmp, &path)?;
+                fs::remove_file(&tmp)?;
+            }
+            File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(with_path(e, &path));
+        }
+        Ok(())
+    }
 }
 
 fn with_path(error: io::Error, path: &Path) -> io::Error {
@@ -116,37 +178,7 @@ impl Backend for LocalBackend {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let path = self.path(name);
-        let dir = path
-            .parent()
-            .expect("repository file has a parent directory");
-        if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
-            // A new directory (such as data/3f/) is durable only once its parent
-            // directory is synced.
-            if let Some(parent) = dir.parent() {
-                File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| with_path(e, parent))?;
-            }
-        }
-
-        // Temporary files carry a random suffix, so writers never collide, and a
-        // leftover from a crash is never mistaken for a finished file.
-        let suffix: u64 = rand::rng().random();
-        let tmp = dir.join(format!(".tmp-{suffix:016x}"));
-        let result = (|| {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(with_path(e, &path));
-        }
-        Ok(())
+        self.write_through_temporary(name, bytes, true)
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<String>> {
@@ -256,6 +288,23 @@ mod tests {
             ["ab/ab01", "cd/cd02"]
         );
         assert_eq!(backend.list_recursive("data/ab").unwrap(), ["ab01"]);
+    }
+
+    #[test]
+    fn create_new_keeps_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        backend.create_new("data/ab/ab01", b"first").unwrap();
+
+        let error = backend.create_new("data/ab/ab01", b"second").unwrap_err();
+
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
+        assert_eq!(backend.read("data/ab/ab01").unwrap(), b"first");
+        assert_eq!(
+            fs::read_dir(dir.path().join("data/ab")).unwrap().count(),
+            1,
+            "a temporary file was left behind"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! leaves at worst unreferenced files.
 
 pub mod backend;
+pub mod http;
 pub mod index;
 mod keyfile;
 pub mod location;

@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod cairn_server;
 pub mod s3_server;
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -25,7 +26,7 @@ pub const EXIT_LOCKED: i32 = 11;
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
 
 /// Returns a `cairn` command that ignores the caller's repository, password,
-/// S3 and log settings and reads no standard input.
+/// S3, server token and log settings and reads no standard input.
 pub fn cairn_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
     for name in [
@@ -39,6 +40,11 @@ pub fn cairn_command() -> Command {
         "CAIRN_LIKE_PASSWORD_FILE",
         "CAIRN_S3_REQUEST_TIMEOUT",
         "CAIRN_S3_RETRY_TIMEOUT",
+        "CAIRN_TOKEN",
+        "CAIRN_TOKEN_FILE",
+        "CAIRN_CA_FILE",
+        "CAIRN_HTTP_REQUEST_TIMEOUT",
+        "CAIRN_HTTP_RETRY_TIMEOUT",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",

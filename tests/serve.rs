@@ -1,0 +1,446 @@
+//! Repositories on a `cairn serve` server: the `cairn` binary as client,
+//! against a real `cairn serve` that each test starts on 127.0.0.1, with
+//! clients of the read, append and admin roles.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::cairn_server::{CairnServer, Client};
+use support::{
+    EXIT_FAILURE, EXIT_OK, PASSWORD, assert_same_tree, cairn_command, describe, parse_json,
+    pseudo_random_bytes, restored_path, snapshot_id, stderr_of, stdout_of, write_file,
+};
+use tempfile::TempDir;
+
+/// A server with an empty repository directory, and a password file.
+struct Setup {
+    dir: TempDir,
+    server: CairnServer,
+}
+
+impl Setup {
+    /// Starts a server and runs `init` through it with the admin token.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("create temporary directory");
+        fs::create_dir(dir.path().join("repo")).expect("create repository directory");
+        fs::write(dir.path().join("password"), format!("{PASSWORD}\n")).expect("write password");
+        let server = CairnServer::start(&dir.path().join("repo"));
+        let setup = Self { dir, server };
+        setup.run_ok(Client::Operator, ["init"]);
+        setup
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Returns a command for the repository on the server, with `client`'s
+    /// token file.
+    fn command(&self, client: Client) -> Command {
+        let mut command = cairn_command();
+        command
+            .arg("--repo")
+            .arg(self.server.url())
+            .arg("--password-file")
+            .arg(self.path("password"))
+            .arg("--token-file")
+            .arg(self.server.token_file(client));
+        command
+    }
+
+    fn run<I, S>(&self, client: Client, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command(client)
+            .args(args)
+            .output()
+            .expect("start the cairn binary")
+    }
+
+    fn run_ok<I, S>(&self, client: Client, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let output = self.run(client, args);
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_OK),
+            "cairn failed: {}\n--- server log ---\n{}",
+            describe(&output),
+            self.server.log()
+        );
+        stdout_of(&output)
+    }
+
+    fn backup(&self, client: Client, source: &Path) -> serde_json::Value {
+        parse_json(&self.run_ok(
+            client,
+            [
+                OsStr::new("backup"),
+                OsStr::new("--json"),
+                source.as_os_str(),
+            ],
+        ))
+    }
+
+    fn snapshot_count(&self, client: Client) -> usize {
+        parse_json(&self.run_ok(client, ["snapshots", "--json"]))
+            .as_array()
+            .expect("snapshots --json prints an array")
+            .len()
+    }
+
+    fn check_read_data(&self, client: Client) {
+        let stdout = self.run_ok(client, ["check", "--read-data"]);
+        assert!(stdout.contains("no errors found"), "{stdout}");
+    }
+
+    /// Returns every file of the repository directory with the hash of its bytes.
+    fn repository_files(&self) -> BTreeMap<PathBuf, blake3::Hash> {
+        let root = self.server.repository();
+        let mut files = BTreeMap::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in fs::read_dir(&dir).expect("list repository directory") {
+                let path = entry.expect("directory entry").path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    let bytes = fs::read(&path).expect("read repository file");
+                    let relative = path.strip_prefix(root).expect("below root").to_path_buf();
+                    files.insert(relative, blake3::hash(&bytes));
+                }
+            }
+        }
+        files
+    }
+
+    /// Returns the path of one file below `dir` of the repository, relative
+    /// to the repository.
+    fn first_file(&self, dir: &str) -> String {
+        let mut pending = vec![self.server.repository().join(dir)];
+        while let Some(current) = pending.pop() {
+            let mut entries: Vec<PathBuf> = fs::read_dir(&current)
+                .expect("list repository directory")
+                .map(|e| e.expect("directory entry").path())
+                .collect();
+            entries.sort();
+            for path in entries {
+                if path.is_dir() {
+                    pending.push(path);
+                } else if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
+                    let relative = path.strip_prefix(self.server.repository()).unwrap();
+                    return relative.to_string_lossy().into_owned();
+                }
+            }
+        }
+        panic!("no file below {dir} in the repository");
+    }
+}
+
+/// Writes a small tree with a file large enough for several chunks.
+fn build_source(root: &Path) {
+    write_file(root, "docs/readme.txt", b"backed up through cairn serve\n");
+    write_file(root, "docs/empty", b"");
+    write_file(root, "data/large.bin", &pseudo_random_bytes(3 << 20, 7));
+    std::os::unix::fs::symlink("docs/readme.txt", root.join("link")).expect("create symlink");
+}
+
+#[test]
+fn append_token_backs_up_and_reader_restores() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+
+    let first = setup.backup(Client::Writer, &source);
+    let second = setup.backup(Client::Writer, &source);
+
+    assert_eq!(first["files_new"], 3, "{first}");
+    assert_eq!(second["files_unchanged"], 3, "{second}");
+    let added = second["bytes_added"].as_u64().expect("bytes_added");
+    assert!(added < 4096, "the second backup stored {added} bytes again");
+    assert_eq!(setup.snapshot_count(Client::Reader), 2);
+
+    let target = setup.path("restored");
+    setup.run_ok(
+        Client::Reader,
+        [
+            OsStr::new("restore"),
+            OsStr::new(&snapshot_id(&second)),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    assert_same_tree(&source, &restored_path(&target, &source));
+    setup.check_read_data(Client::Reader);
+}
+
+#[test]
+fn append_token_cannot_change_files() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+    setup.backup(Client::Writer, &source);
+    let before = setup.repository_files();
+    let token = Client::Writer.token();
+    let token = Some(token.as_str());
+    let pack = setup.first_file("data");
+    let index = setup.first_file("index");
+    let snapshot = setup.first_file("snapshots");
+
+    for path in [&pack, &index, &snapshot, "config", "keys"] {
+        let target = format!("/main/{path}");
+        let (status, body) = setup.server.raw_request("DELETE", &target, token, &[], b"");
+        assert_eq!(status, 403, "DELETE {path}: {body}");
+        assert!(body.contains("append role"), "DELETE {path}: {body}");
+
+        let (status, body) = setup
+            .server
+            .raw_request("PUT", &target, token, &[], b"other bytes");
+        assert_eq!(status, 409, "PUT {path}: {body}");
+        assert!(
+            body.contains("exists with other content"),
+            "PUT {path}: {body}"
+        );
+    }
+    let (status, body) =
+        setup
+            .server
+            .raw_request("POST", "/main?remove-temporary-files", token, &[], b"");
+    assert_eq!(status, 403, "{body}");
+
+    assert_eq!(
+        setup.repository_files(),
+        before,
+        "a repository file changed"
+    );
+    setup.check_read_data(Client::Operator);
+}
+
+#[test]
+fn reader_cannot_write() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+
+    let output = setup.run(Client::Reader, [OsStr::new("backup"), source.as_os_str()]);
+
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("the server rejected the request to write"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("read role"), "{stderr}");
+}
+
+#[test]
+fn forget_and_prune_need_admin() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+    setup.backup(Client::Writer, &source);
+    write_file(&source, "docs/readme.txt", b"changed\n");
+    setup.backup(Client::Writer, &source);
+    let before = setup.repository_files();
+
+    for args in [
+        vec!["forget", "--keep-last", "1"],
+        vec!["forget", "--keep-last", "1", "--prune"],
+        vec!["prune"],
+        vec!["key", "add", "--name", "second"],
+    ] {
+        let output = setup.run(Client::Writer, &args);
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_FAILURE),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        let stderr = stderr_of(&output);
+        assert!(stderr.contains("admin role"), "{args:?}: {stderr}");
+        assert!(stderr.contains("append role"), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        setup.repository_files(),
+        before,
+        "a rejected command changed files"
+    );
+
+    setup.run_ok(Client::Operator, ["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(setup.snapshot_count(Client::Reader), 1);
+    setup.check_read_data(Client::Reader);
+}
+
+#[test]
+fn bad_paths_and_tokens_are_rejected() {
+    let setup = Setup::new();
+    let token = Client::Operator.token();
+    let token = Some(token.as_str());
+    let request = |target: &str, token| setup.server.raw_request("GET", target, token, &[], b"");
+
+    for target in [
+        "/main/../x",
+        "/main/%2e%2e/x",
+        "/main/%2E%2E/config",
+        "/main/data/..%2f..%2fx",
+        "/main//etc/passwd",
+        "/main/locks/.owner-0123456789abcdef",
+    ] {
+        let (status, body) = request(target, token);
+        assert_eq!(status, 400, "GET {target}: {body}");
+    }
+    for target in [
+        "/main/etc/passwd",
+        "/etc/passwd",
+        "http://127.0.0.1/etc/passwd",
+        "/main/data/ab/cd",
+    ] {
+        let (status, body) = request(target, token);
+        assert_eq!(status, 404, "GET {target}: {body}");
+    }
+
+    let (status, body) = request("/main/config", Some("not-a-token"));
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = request("/main/config", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = request("/main/config", token);
+    assert_eq!(status, 200, "{body}");
+
+    let output = setup
+        .command(Client::Writer)
+        .env_remove("CAIRN_TOKEN_FILE")
+        .args(["--token-file", "/dev/null", "snapshots"])
+        .output()
+        .expect("start the cairn binary");
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn unknown_token_fails_with_hint() {
+    let setup = Setup::new();
+    let wrong = setup.path("wrong.token");
+    fs::write(&wrong, "no-such-client\n").unwrap();
+
+    let output = cairn_command()
+        .arg("--repo")
+        .arg(setup.server.url())
+        .arg("--token-file")
+        .arg(&wrong)
+        .arg("snapshots")
+        .output()
+        .expect("start the cairn binary");
+
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("rejected the token"), "{stderr}");
+    assert!(stderr.contains("CAIRN_TOKEN"), "{stderr}");
+}
+
+#[test]
+fn oversized_body_is_rejected() {
+    let setup = Setup::new();
+    let token = Client::Operator.token();
+    let pack = format!("/main/data/00/00{}", "0".repeat(62));
+
+    let (status, body) = setup.server.raw_request(
+        "PUT",
+        &pack,
+        Some(&token),
+        &[("Content-Length", (100u64 << 20).to_string())],
+        b"",
+    );
+
+    assert_eq!(status, 413, "{body}");
+    let lock = "/main/locks/0123456789abcdef";
+    let (status, body) =
+        setup
+            .server
+            .raw_request("PUT", lock, Some(&token), &[], &vec![0u8; 100 << 10]);
+    assert_eq!(status, 413, "{body}");
+}
+
+/// Returns true once a pack file exists below `data/` of the repository.
+fn has_pack(repository: &Path) -> bool {
+    let Ok(prefixes) = fs::read_dir(repository.join("data")) else {
+        return false;
+    };
+    prefixes.flatten().any(|prefix| {
+        fs::read_dir(prefix.path()).is_ok_and(|mut files| {
+            files.any(|f| f.is_ok_and(|f| !f.file_name().to_string_lossy().starts_with('.')))
+        })
+    })
+}
+
+#[test]
+fn server_killed_during_backup() {
+    let mut setup = Setup::new();
+    let source = setup.path("source");
+    // Six files of 16 MiB give several packs, so that the backup still runs
+    // when the first pack appears.
+    for index in 0..6u64 {
+        write_file(
+            &source,
+            &format!("file-{index}"),
+            &pseudo_random_bytes(16 << 20, index),
+        );
+    }
+
+    let mut backup = setup
+        .command(Client::Writer)
+        .env("CAIRN_HTTP_RETRY_TIMEOUT", "1")
+        .arg("backup")
+        .arg(&source)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the backup");
+    while !has_pack(setup.server.repository()) {
+        assert!(
+            backup.try_wait().expect("poll the backup").is_none(),
+            "the backup ended before any pack was stored"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    setup.server.kill();
+    let interrupted = backup.wait_with_output().expect("wait for the backup");
+
+    assert_eq!(
+        interrupted.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&interrupted)
+    );
+    let stderr = stderr_of(&interrupted);
+    assert!(stderr.contains("check that cairn serve runs"), "{stderr}");
+
+    setup.server.restart();
+    let summary = setup.backup(Client::Writer, &source);
+    assert_eq!(summary["files_new"], 6, "{summary}");
+    setup.check_read_data(Client::Reader);
+    assert_eq!(setup.snapshot_count(Client::Reader), 1);
+}
