@@ -417,12 +417,21 @@ fn append_signed(repo_path: &Path, password: &str, key: &str) -> String {
     let repo = Repository::open_local(repo_path, password.as_bytes()).unwrap();
     let names = list_entries(repo.backend()).unwrap().entries;
     let (seq, newest) = names.last().unwrap();
-    write_signed_after(&repo, *seq, newest, key)
+    let args = vec![AuditArg {
+        name: "removed".into(),
+        value: "0".repeat(64),
+    }];
+    write_signed_after(&repo, (*seq, newest), key, ("forget", args))
 }
 
 /// Writes an entry in the name of `key` that follows the entry `prev` with
 /// sequence number `seq`, signed by the slot that opened `repo`.
-fn write_signed_after(repo: &Repository, seq: u64, prev: &str, key: &str) -> String {
+fn write_signed_after(
+    repo: &Repository,
+    (seq, prev): (u64, &str),
+    key: &str,
+    (operation, args): (&str, Vec<AuditArg>),
+) -> String {
     let repo_path = PathBuf::from(repo.location());
     let stored = fs::read(repo_path.join("audit").join(prev)).unwrap();
     let entry = AuditEntry {
@@ -432,11 +441,8 @@ fn write_signed_after(repo: &Repository, seq: u64, prev: &str, key: &str) -> Str
         key: key.to_string(),
         host: "test".into(),
         user: "test".into(),
-        operation: "forget".into(),
-        args: vec![AuditArg {
-            name: "removed".into(),
-            value: "0".repeat(64),
-        }],
+        operation: operation.into(),
+        args,
         outcome: Outcome::Ok,
     };
     let sealed = seal_entry(repo.keys(), repo.signing_key(), &entry).unwrap();
@@ -467,12 +473,43 @@ fn entry_signed_by_other_key_fails_verify() {
 }
 
 #[test]
+fn key_add_cannot_rebind_other_key() {
+    let logged = Logged::new();
+    logged.add_alice();
+    let repo = Repository::open_local(logged.repo(), ALICE_PASSWORD.as_bytes()).unwrap();
+    let files = logged.entry_files();
+    let own_key = hex::encode(repo.signing_key().verifying_key().to_bytes());
+    let args = vec![
+        AuditArg {
+            name: "slot".into(),
+            value: "default".into(),
+        },
+        AuditArg {
+            name: "signing_key".into(),
+            value: own_key,
+        },
+    ];
+    let rebind = write_signed_after(&repo, (1, &files[1]), "alice", ("key add", args));
+
+    let error = logged.verify_fails();
+    assert!(
+        error.contains(&format!("audit entry 2 (audit/{rebind})")),
+        "{error}"
+    );
+    assert!(
+        error.contains("binds a signing key to \"default\""),
+        "{error}"
+    );
+}
+
+#[test]
 fn sibling_entries_verify_and_join() {
     let logged = four_entries();
     let repo = Repository::open_local(logged.repo(), support::PASSWORD.as_bytes()).unwrap();
     let files = logged.entry_files();
-    let first = write_signed_after(&repo, 3, &files[3], "default");
-    let second = write_signed_after(&repo, 3, &files[3], "default");
+    let check = || ("check", Vec::new());
+    let first = write_signed_after(&repo, (3, &files[3]), "default", check());
+    let second = write_signed_after(&repo, (3, &files[3]), "default", check());
     let verified = logged.verify_passes();
     assert!(
         verified.contains("1 entries of concurrent writers are not followed"),

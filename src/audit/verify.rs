@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::state::RememberedHead;
 use super::{
-    ARG_SIGNING_KEY, ARG_SLOT, AUDIT_DIR, OpenedEntry, Outcome, list_entries, open_entry,
-    signature_matches,
+    ARG_SIGNING_KEY, ARG_SLOT, AUDIT_DIR, AuditEntry, OpenedEntry, Outcome, list_entries,
+    open_entry, signature_matches,
 };
 use crate::repository::{BoundSigningKey, RepoError, Repository};
 
@@ -113,14 +113,8 @@ pub fn verify(repo: &Repository, remembered: Option<&RememberedHead>) -> VerifyR
             return Ok(Err(fail(reason)));
         }
 
-        if entry.outcome == Outcome::Ok
-            && let (Some(slot), Some(public)) = (
-                entry.arg_values(ARG_SLOT).next(),
-                entry.arg_values(ARG_SIGNING_KEY).next(),
-            )
-            && let Ok(Ok(public)) = hex::decode(public).map(<[u8; 32]>::try_from)
-        {
-            introduced.insert(slot.to_string(), public);
+        if let Err(reason) = update_bindings(entry, &mut introduced) {
+            return Ok(Err(fail(reason)));
         }
         followed.extend(entry.prev.iter().copied());
         known.insert(
@@ -180,6 +174,50 @@ fn check_links(opened: &OpenedEntry, known: &HashMap<[u8; 32], Known>) -> Result
             "its sequence number is not one above the {highest} of the entry it follows"
         ));
     }
+    Ok(())
+}
+
+/// Applies what a successful key entry changes about which signing key the log
+/// binds to a slot name. `init` and `key passwd` bind a key to the acting slot
+/// itself. `key add` binds one only to a name that has no binding, or whose
+/// binding a `key remove` entry ended, so that one key holder cannot rebind
+/// another's name without a removal that the log shows.
+fn update_bindings(
+    entry: &AuditEntry,
+    introduced: &mut HashMap<String, [u8; 32]>,
+) -> Result<(), String> {
+    if entry.outcome != Outcome::Ok {
+        return Ok(());
+    }
+    if entry.operation == "key remove" {
+        for name in entry.arg_values("removed") {
+            introduced.remove(name);
+        }
+        return Ok(());
+    }
+    let (Some(slot), Some(public)) = (
+        entry.arg_values(ARG_SLOT).next(),
+        entry.arg_values(ARG_SIGNING_KEY).next(),
+    ) else {
+        return Ok(());
+    };
+    let Ok(Ok(public)) = hex::decode(public).map(<[u8; 32]>::try_from) else {
+        return Err(format!(
+            "its signing key argument {public:?} is not 64 hex characters"
+        ));
+    };
+    let allowed = match entry.operation.as_str() {
+        "init" | "key passwd" => slot == entry.key,
+        "key add" => !introduced.contains_key(slot),
+        _ => return Ok(()),
+    };
+    if !allowed {
+        return Err(format!(
+            "{:?} by {:?} binds a signing key to {slot:?}, which only {slot:?} itself may change, or a `key add` after a `key remove`",
+            entry.operation, entry.key
+        ));
+    }
+    introduced.insert(slot.to_string(), public);
     Ok(())
 }
 
