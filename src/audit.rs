@@ -66,7 +66,7 @@ pub enum AuditError {
     Entry {
         /// File name of the entry.
         name: String,
-        /// What is wrong.
+        /// Description of the problem.
         detail: String,
     },
 }
@@ -147,8 +147,8 @@ impl AuditEntry {
     }
 }
 
-/// What an operation records. The writer adds the sequence number, links,
-/// time, key, host and user.
+/// Operation, arguments and outcome of one command. The writer adds the
+/// sequence number, links, time, key, host and user.
 #[derive(Clone, Debug)]
 pub struct Record {
     /// The command, such as `backup`.

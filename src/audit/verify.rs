@@ -34,7 +34,7 @@ pub enum VerifyFailure {
         seq: u64,
         /// File name.
         name: String,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
     /// A file in `audit/` is not named like an entry.
@@ -67,7 +67,7 @@ struct Known {
 /// Signing keys come from the key file, current slots and retired keys alike,
 /// and only those whose MAC matches the key material count. Once an entry of
 /// `init`, `key add` or `key passwd` has bound a signing key to a slot name,
-/// later entries in that name must carry a signature by that key, so a key
+/// later entries in that name must carry a signature by that key. So a key
 /// holder who swaps a slot's key in the key file cannot sign in its name.
 pub fn verify(repo: &Repository, remembered: Option<&RememberedHead>) -> VerifyResult {
     let key_file = repo.key_file()?;

@@ -91,7 +91,7 @@ pub struct KeyFile {
     pub retired: Vec<RetiredKey>,
 }
 
-/// What the password of one slot unlocks.
+/// Key material, slot name and signing key that one slot's password unlocks.
 #[derive(Debug)]
 pub struct UnlockedSlot {
     /// The repository's key material.
