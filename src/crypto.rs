@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use self::material::{
-    EpochSecret, KeyMaterial, MAX_EPOCHS, SealedMaterial, generate_slot_key_pair, open_material,
-    seal_material, unwrap_slot_secret, wrap_slot_secret,
+    EpochSecret, KeyMaterial, MAX_EPOCHS, SealedMaterial, SlotSecret, generate_signing_key_pair,
+    generate_slot_key_pair, open_material, seal_material, unwrap_slot_secret, wrap_slot_secret,
 };
 
 /// Version byte at the start of every sealed object.
@@ -61,6 +61,8 @@ pub enum ObjectKind {
     KeySlot = 6,
     /// A lock file.
     Lock = 7,
+    /// An entry of the audit log.
+    AuditEntry = 8,
 }
 
 /// Errors of sealing, opening and key handling.

@@ -1,5 +1,6 @@
 //! cairn: encrypted, deduplicated backups that mount as ordinary directory trees.
 
+pub mod audit;
 pub mod backup;
 pub mod calendar;
 pub mod check;

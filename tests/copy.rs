@@ -12,8 +12,9 @@ use std::process::Output;
 
 use serde_json::Value;
 use support::{
-    EXIT_OK, EXIT_WRONG_PASSWORD, Fixture, assert_same_tree, cairn_command, describe, file_sizes,
-    parse_json, pseudo_random_bytes, restored_path, snapshot_id, stderr_of, stdout_of, write_file,
+    EXIT_OK, EXIT_WRONG_PASSWORD, Fixture, assert_same_tree, cairn_command, data_file_sizes,
+    describe, parse_json, pseudo_random_bytes, restored_path, snapshot_id, stderr_of, stdout_of,
+    write_file,
 };
 
 /// A second repository next to a fixture's, with a password of its own.
@@ -224,10 +225,14 @@ fn copy_again_writes_nothing_new() {
     let text = stdout_of(&first);
     assert!(text.contains("2 copied"), "{text}");
 
-    let before = file_sizes(&dest.repo);
+    let before = data_file_sizes(&dest.repo);
     let again = dest.copy_from(&fixture, &[]);
     assert_eq!(again.status.code(), Some(EXIT_OK), "{}", describe(&again));
-    assert_eq!(file_sizes(&dest.repo), before, "a second copy wrote files");
+    assert_eq!(
+        data_file_sizes(&dest.repo),
+        before,
+        "a second copy wrote files other than its audit entry"
+    );
     let text = stdout_of(&again);
     assert!(text.contains("nothing new to copy"), "{text}");
     assert!(text.contains("0 copied, 2 already present"), "{text}");
@@ -263,10 +268,14 @@ fn copy_to_unrelated_repository_rewrites_ids() {
         );
     }
 
-    let before = file_sizes(&dest.repo);
+    let before = data_file_sizes(&dest.repo);
     let again = dest.copy_json(&fixture, &[]);
     assert_eq!(number(&again, "blobs_added"), 0, "{again}");
-    assert_eq!(file_sizes(&dest.repo), before, "a second copy wrote files");
+    assert_eq!(
+        data_file_sizes(&dest.repo),
+        before,
+        "a second copy wrote files other than its audit entry"
+    );
 
     fs::rename(&fixture.repo, fixture.path("source-moved-away")).unwrap();
     assert_copies_restore(&fixture, &dest, &src, &first_state, &ids);

@@ -275,10 +275,28 @@ fn forget_and_prune_need_admin() {
         assert!(stderr.contains("admin role"), "{args:?}: {stderr}");
         assert!(stderr.contains("append role"), "{args:?}: {stderr}");
     }
+    // Each refusal is recorded in the audit log, and nothing else changes.
+    let (before_audit, before_other): (BTreeMap<_, _>, BTreeMap<_, _>) = before
+        .into_iter()
+        .partition(|(path, _)| path.starts_with("audit/"));
+    let (after_audit, after_other): (BTreeMap<_, _>, BTreeMap<_, _>) = setup
+        .repository_files()
+        .into_iter()
+        .partition(|(path, _)| path.starts_with("audit/"));
     assert_eq!(
-        setup.repository_files(),
-        before,
+        after_other, before_other,
         "a rejected command changed files"
+    );
+    assert_eq!(
+        after_audit.len(),
+        before_audit.len() + 4,
+        "one audit entry for each refused command"
+    );
+    assert!(
+        before_audit
+            .iter()
+            .all(|(path, hash)| after_audit.get(path) == Some(hash)),
+        "a rejected command changed an audit entry"
     );
 
     setup.run_ok(Client::Operator, ["forget", "--keep-last", "1", "--prune"]);

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::progress::{ItemNoun, ProgressDisplay};
-use super::{Cli, EXIT_INCOMPLETE, EXIT_OK, open};
+use super::{Cli, EXIT_INCOMPLETE, EXIT_OK, audit, open};
 use crate::backup::{BackupOptions, BackupOutcome, backup, backup_stream};
 use crate::display::escape_path;
 use crate::exclude::{ExcludeOptions, Excludes};
@@ -138,6 +138,17 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
     })?;
 
     let repo = open(cli)?;
+    if streaming {
+        audit::arg("path", format!("/{}", args.stdin_filename));
+    } else {
+        for path in &args.paths {
+            let path = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
+            audit::arg("path", path.display());
+        }
+    }
+    for tag in &args.tags {
+        audit::arg("tag", tag);
+    }
     let parent = match &args.parent {
         Some(spec) => Some(repo.find_snapshot(spec)?.0),
         None => None,
@@ -171,6 +182,17 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
     if let Some(display) = display {
         display.finish();
     }
+    audit::arg("snapshot", outcome.id.to_hex());
+    if let Some(parent) = outcome.snapshot.parent {
+        audit::arg("parent", parent.to_hex());
+    }
+    audit::arg("files_new", outcome.snapshot.summary.files_new);
+    audit::arg("files_changed", outcome.snapshot.summary.files_changed);
+    audit::arg("bytes_added", outcome.snapshot.summary.bytes_added);
+    if !outcome.errors.is_empty() {
+        audit::arg("unreadable_entries", outcome.errors.len());
+    }
+    audit::commit_ok();
     if let Some((command_line, tail)) = command_stderr
         && !tail.trim().is_empty()
         && !cli.quiet

@@ -1,7 +1,7 @@
 use clap::Args;
 
 use super::progress::{ItemNoun, ProgressDisplay};
-use super::{Cli, EXIT_FAILURE, EXIT_OK, open};
+use super::{Cli, EXIT_FAILURE, EXIT_OK, audit, open};
 use crate::check::{CheckOptions, CheckReport, ReadData, check_with_progress};
 
 #[derive(Debug, Args)]
@@ -32,6 +32,19 @@ pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
         display.finish();
     }
     let healthy = report.problems.is_empty() && report.damaged_files.is_empty();
+    audit::arg("read_data", format!("{read_data:?}"));
+    audit::arg("packs", report.packs);
+    audit::arg("packs_read", report.packs_read);
+    audit::arg("snapshots", report.snapshots);
+    if healthy {
+        audit::commit_ok();
+    } else {
+        audit::set_failure(format!(
+            "{} problems, {} damaged files",
+            report.problems.len(),
+            report.damaged_files.len()
+        ));
+    }
     if args.json {
         print_json(&report, healthy)?;
     } else {

@@ -320,7 +320,12 @@ fn copy_dataset(
         lock_wait: DEFAULT_LOCK_WAIT_SECS,
         json: false,
     };
-    copy_between(cli, &from, &to, &request)?;
+    // `run` calls the copy directly, not through `cli::run`, so it records the
+    // copy's audit entry itself.
+    super::audit::begin("copy");
+    let result = copy_between(cli, &from, &to, &request);
+    super::audit::end(&result);
+    result?;
     Ok(())
 }
 

@@ -5,9 +5,10 @@ use clap::Args;
 
 use super::backup::human_bytes;
 use super::progress::{ItemNoun, ProgressDisplay};
-use super::{Cli, EXIT_OK, PasswordSource, open_at, password, read_password, repo_path};
+use super::{Cli, EXIT_OK, PasswordSource, audit, open_at, password, read_password, repo_path};
+use crate::audit::{AuditArg, Outcome, Record};
 use crate::copy::{CopyOptions, CopyReport, copy};
-use crate::repository::RepoError;
+use crate::repository::{RepoError, Repository};
 
 #[derive(Debug, Args)]
 #[command(after_help = COPY_HELP)]
@@ -125,6 +126,8 @@ pub fn copy_between(
             dest.path.display()
         )
     })?;
+    audit::attach(&to);
+    audit::arg("from", from.location());
     let mut snapshots = Vec::new();
     for spec in request.snapshots {
         let (id, _) = from
@@ -144,6 +147,7 @@ pub fn copy_between(
     if let Some(display) = display {
         display.finish();
     }
+    record_source_read(&from, &to, &result);
     let report = match result {
         Err(RepoError::SameRepository(_)) => anyhow::bail!(
             "{} and {} are the same repository: give another destination",
@@ -152,8 +156,39 @@ pub fn copy_between(
         ),
         other => other?,
     };
+    for copied in &report.copied {
+        audit::arg("source_snapshot", copied.source.to_hex());
+        audit::arg("snapshot", copied.copy.to_hex());
+    }
+    audit::arg("blobs_added", report.blobs_added);
+    audit::commit_ok();
     print_summary(cli, request, source.path, dest.path, &report)?;
     Ok(EXIT_OK)
+}
+
+/// Appends an entry to the source's audit log that names the destination and
+/// the snapshots read.
+fn record_source_read(from: &Repository, to: &Repository, result: &Result<CopyReport, RepoError>) {
+    let mut args = vec![AuditArg {
+        name: "to".into(),
+        value: to.location(),
+    }];
+    let outcome = match result {
+        Ok(report) => {
+            args.extend(report.copied.iter().map(|copied| AuditArg {
+                name: "snapshot".into(),
+                value: copied.source.to_hex(),
+            }));
+            Outcome::Ok
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    };
+    let record = Record {
+        operation: "copy (source)".into(),
+        args,
+        outcome,
+    };
+    audit::write_to(from, record);
 }
 
 fn print_summary(

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::prune::print_report;
-use super::{Cli, EXIT_OK, open};
+use super::{Cli, EXIT_OK, audit, open};
 use crate::display::escape_path;
 use crate::id::SnapshotId;
 use crate::prune::{PruneOptions, PruneReport, prune};
@@ -189,11 +189,13 @@ fn forget_named(cli: &Cli, args: &ForgetArgs) -> anyhow::Result<i32> {
             );
         }
     }
+    record_removal(args, &ids);
     if let Some(lock) = &lock {
         remove_snapshots(&repo, &ids, lock)?;
     }
     drop(lock);
     let prune_report = run_prune(&repo, args, &ids)?;
+    audit::commit_ok();
     if args.json {
         let json = serde_json::json!({
             "type": "summary",
@@ -264,17 +266,28 @@ fn forget_by_policy(cli: &Cli, args: &ForgetArgs, policy: &Policy) -> anyhow::Re
         );
     }
 
+    record_removal(args, &ids);
     if let Some(lock) = &lock {
         remove_snapshots(&repo, &ids, lock)?;
     }
     drop(lock);
     let prune_report = run_prune(&repo, args, &ids)?;
+    audit::commit_ok();
     if args.json {
         print_policy_json(args, policy, &groups, &by_id, &ids, prune_report.as_ref())?;
     } else {
         print_totals(args, ids.len(), prune_report.as_ref());
     }
     Ok(EXIT_OK)
+}
+
+/// Adds the snapshots to remove to the audit log entry.
+fn record_removal(args: &ForgetArgs, ids: &[SnapshotId]) {
+    audit::arg("dry_run", args.dry_run);
+    audit::arg("prune", args.prune && !args.dry_run);
+    for id in ids {
+        audit::arg("removed", id.to_hex());
+    }
 }
 
 /// Takes the shared lock that keeps a prune from reading snapshots while they are

@@ -3,12 +3,26 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use super::{Cli, EXIT_OK, open_with_password};
+use super::{Cli, EXIT_OK, audit, open_with_password};
+use crate::audit::{ARG_SIGNING_KEY, ARG_SLOT};
 
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     #[command(subcommand)]
     command: KeyCommand,
+}
+
+impl KeyArgs {
+    /// Returns the operation name of the audit log, or `None` for `key list`.
+    pub fn operation(&self) -> Option<&'static str> {
+        match self.command {
+            KeyCommand::List => None,
+            KeyCommand::Add { .. } => Some("key add"),
+            KeyCommand::Remove { .. } => Some("key remove"),
+            KeyCommand::Passwd { .. } => Some("key passwd"),
+            KeyCommand::Rotate => Some("key rotate"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,11 +120,16 @@ pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
             new_password_file,
         } => {
             let password = new_password(new_password_file.as_ref())?;
-            repo.add_key(name, &password)?;
+            audit::arg(ARG_SLOT, name);
+            let signing_public = repo.add_key(name, &password)?;
+            audit::arg(ARG_SIGNING_KEY, hex::encode(signing_public));
+            audit::commit_ok();
             println!("added key {name:?}");
         }
         KeyCommand::Remove { name } => {
+            audit::arg("removed", name);
             repo.remove_key(name)?;
+            audit::commit_ok();
             println!("removed key {name:?}; its password no longer opens the repository");
             println!(
                 "note: whoever held it may have kept the decrypted key material; run `cairn key rotate` so that new data is sealed under keys it never held"
@@ -118,11 +137,16 @@ pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
         }
         KeyCommand::Passwd { new_password_file } => {
             let password = new_password(new_password_file.as_ref())?;
-            repo.change_password(&password)?;
+            let signing_public = repo.change_password(&password)?;
+            audit::arg(ARG_SLOT, repo.slot_name());
+            audit::arg(ARG_SIGNING_KEY, hex::encode(signing_public));
+            audit::commit_ok();
             println!("changed the password of key {:?}", repo.slot_name());
         }
         KeyCommand::Rotate => {
             let epoch = repo.rotate_key(&current_password)?;
+            audit::arg("epoch", epoch);
+            audit::commit_ok();
             let slots = repo.key_file()?.slots.len();
             println!(
                 "added key epoch {epoch}; every key ({slots} in all) opens it, and new data is sealed under it"

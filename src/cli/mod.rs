@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command. Only this module and `main.rs`
 //! use `anyhow`; the library returns typed errors.
 
+mod audit;
 mod backup;
 mod check;
 mod config;
@@ -135,6 +136,8 @@ pub enum Command {
     /// Serve repositories in local directories over HTTP(S) to clients with
     /// tokens, each with a read, append or admin role (--config names them).
     Serve(serve::ServeArgs),
+    /// List the audit log of the repository, or verify it.
+    Audit(audit::AuditArgs),
     /// Back up a dataset of the configuration file and apply its retention
     /// policy.
     Run(config::RunArgs),
@@ -184,32 +187,75 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
     }
 }
 
-/// Runs a parsed command and returns the exit code.
+/// Returns the operation name that the audit log records for a command, or
+/// `None` for commands that only read, such as `ls`, or that work on no
+/// repository.
+fn audited_operation(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Init(_) => Some("init"),
+        Command::Backup(_) => Some("backup"),
+        Command::Restore(_) => Some("restore"),
+        Command::Mount(_) => Some("mount"),
+        Command::Check(_) => Some("check"),
+        Command::Copy(_) => Some("copy"),
+        Command::Forget(_) => Some("forget"),
+        Command::Prune(_) => Some("prune"),
+        Command::Key(args) => args.operation(),
+        Command::Repair(args) => Some(args.operation()),
+        Command::Unlock(_) => Some("unlock"),
+        Command::Snapshots(_)
+        | Command::Ls(_)
+        | Command::Diff(_)
+        | Command::Audit(_)
+        | Command::Serve(_)
+        | Command::Run(_)
+        | Command::Config(_)
+        | Command::Schedule(_)
+        | Command::Completions(_)
+        | Command::Man(_) => None,
+    }
+}
+
+/// Runs a parsed command and returns the exit code. Commands that work on a
+/// repository append an entry to its audit log.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Some(path) = &cli.token_file {
         crate::repository::http::set_token_file(path.clone());
     }
+    let operation = audited_operation(&cli.command);
+    if let Some(operation) = operation {
+        audit::begin(operation);
+    }
+    let result = run_command(&cli);
+    if operation.is_some() {
+        audit::end(&result);
+    }
+    result
+}
+
+fn run_command(cli: &Cli) -> anyhow::Result<i32> {
     match &cli.command {
-        Command::Init(args) => init(&cli, args),
-        Command::Backup(args) => backup::run(&cli, args),
-        Command::Snapshots(args) => snapshots::run(&cli, args),
-        Command::Ls(args) => ls::run(&cli, args),
-        Command::Restore(args) => restore::run(&cli, args),
-        Command::Diff(args) => diff::run(&cli, args),
-        Command::Mount(args) => mount::run(&cli, args),
-        Command::Check(args) => check::run(&cli, args),
-        Command::Copy(args) => copy::run(&cli, args),
-        Command::Forget(args) => forget::run(&cli, args),
-        Command::Prune(args) => prune::run(&cli, args),
-        Command::Key(args) => key::run(&cli, args),
-        Command::Repair(args) => repair::run(&cli, args),
-        Command::Unlock(args) => unlock::run(&cli, args),
-        Command::Serve(args) => serve::run(&cli, args),
-        Command::Run(args) => config::run_dataset(&cli, args),
-        Command::Config(args) => config::run_config(&cli, args),
-        Command::Schedule(args) => config::run_schedule(&cli, args),
+        Command::Init(args) => init(cli, args),
+        Command::Backup(args) => backup::run(cli, args),
+        Command::Snapshots(args) => snapshots::run(cli, args),
+        Command::Ls(args) => ls::run(cli, args),
+        Command::Restore(args) => restore::run(cli, args),
+        Command::Diff(args) => diff::run(cli, args),
+        Command::Mount(args) => mount::run(cli, args),
+        Command::Check(args) => check::run(cli, args),
+        Command::Copy(args) => copy::run(cli, args),
+        Command::Forget(args) => forget::run(cli, args),
+        Command::Prune(args) => prune::run(cli, args),
+        Command::Key(args) => key::run(cli, args),
+        Command::Repair(args) => repair::run(cli, args),
+        Command::Unlock(args) => unlock::run(cli, args),
+        Command::Audit(args) => audit::run(cli, args),
+        Command::Serve(args) => serve::run(cli, args),
+        Command::Run(args) => config::run_dataset(cli, args),
+        Command::Config(args) => config::run_config(cli, args),
+        Command::Schedule(args) => config::run_schedule(cli, args),
         Command::Completions(args) => generate::completions(args),
-        Command::Man(args) => generate::man(&cli, args),
+        Command::Man(args) => generate::man(cli, args),
     }
 }
 
@@ -316,6 +362,7 @@ fn open_with_password(cli: &Cli) -> anyhow::Result<(Repository, Vec<u8>)> {
     }
     let password = password(cli, false)?;
     let repo = Repository::open(backend, &password)?;
+    audit::attach(&repo);
     Ok((repo, password))
 }
 
@@ -369,6 +416,16 @@ fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
         Some(like) => Repository::init_like_at(&location, &password, "default", like)?,
         None => Repository::init_at(&location, &password, "default")?,
     };
+    audit::attach(&repo);
+    audit::arg(crate::audit::ARG_SLOT, repo.slot_name());
+    audit::arg(
+        crate::audit::ARG_SIGNING_KEY,
+        hex::encode(repo.signing_key().verifying_key().to_bytes()),
+    );
+    if let Some(like) = &like {
+        audit::arg("like", like.location());
+    }
+    audit::commit_ok();
     println!(
         "created repository {} at {location}",
         hex::encode(repo.config().repo_id),

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::{Cli, EXIT_OK, open};
+use super::{Cli, EXIT_OK, audit, open};
 use crate::fuse::{MountOptions, WriteThroughOptions, mount, mount_write_through};
 
 #[derive(Debug, Args)]
@@ -74,6 +74,8 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         ..MountOptions::default()
     };
     check_mountpoint(&args.mountpoint)?;
+    audit::arg("mountpoint", args.mountpoint.display());
+    audit::arg("write_through", args.write_through);
     if !cli.quiet {
         eprintln!(
             "mounting {} at {}; unmount with `fusermount3 -u {}` or Ctrl-C",
@@ -86,6 +88,9 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         // A prune while mounted would delete data that the mount still shows, so
         // the mount holds a shared lock and prune waits until it is unmounted.
         let lock = repo.lock_shared("mount", std::time::Duration::from_secs(args.lock_wait))?;
+        audit::commit_ok();
+        audit::restart("unmount");
+        audit::arg("mountpoint", args.mountpoint.display());
         mount(repo.clone(), &args.mountpoint, &options)?;
         drop(lock);
         return Ok(EXIT_OK);
@@ -100,7 +105,14 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         staging_dir: args.staging_dir.clone(),
         lock_wait: std::time::Duration::from_secs(args.lock_wait),
     };
+    audit::commit_ok();
+    audit::restart("unmount");
+    audit::arg("mountpoint", args.mountpoint.display());
     let outcome = mount_write_through(repo, &args.mountpoint, &options, &write_options)?;
+    if let Some((id, _)) = &outcome.saved {
+        audit::arg("snapshot", id.to_hex());
+    }
+    audit::commit_ok();
     let parent = outcome
         .parent
         .map_or_else(|| "none".to_string(), |id| id.to_hex());

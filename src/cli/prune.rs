@@ -3,7 +3,7 @@ use clap::Args;
 use super::backup::human_bytes;
 use super::forget::prune_json;
 use super::progress::{ItemNoun, ProgressDisplay};
-use super::{Cli, EXIT_OK, open};
+use super::{Cli, EXIT_OK, audit, open};
 use crate::prune::{PruneOptions, PruneReport, prune_with_progress};
 
 #[derive(Debug, Args)]
@@ -67,6 +67,12 @@ pub fn run(cli: &Cli, args: &PruneArgs) -> anyhow::Result<i32> {
     if let Some(display) = display {
         display.finish();
     }
+    audit::arg("dry_run", args.dry_run);
+    audit::arg("packs_deleted", report.packs_deleted);
+    audit::arg("packs_unindexed", report.packs_unindexed);
+    audit::arg("packs_repacked", report.packs_repacked);
+    audit::arg("bytes_freed", report.bytes_freed);
+    audit::commit_ok();
     if args.json {
         let mut json = prune_json(&report);
         json["type"] = "summary".into();

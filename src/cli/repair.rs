@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{Cli, EXIT_FAILURE, EXIT_OK, open};
+use super::{Cli, EXIT_FAILURE, EXIT_OK, audit, open};
 use crate::check::read_packs;
 use crate::repair::{repair_index, repair_snapshots};
 
@@ -14,6 +14,16 @@ pub struct RepairArgs {
     /// Seconds to wait for other processes to release the repository.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS", global = true)]
     lock_wait: u64,
+}
+
+impl RepairArgs {
+    /// Returns the operation name of the audit log.
+    pub fn operation(&self) -> &'static str {
+        match self.what {
+            RepairCommand::Index => "repair index",
+            RepairCommand::Snapshots { .. } => "repair snapshots",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,6 +49,16 @@ pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
         RepairCommand::Index => {
             repo.backend().check_can_delete("repair index")?;
             let outcome = repair_index(&repo, wait)?;
+            audit::arg("packs_indexed", outcome.packs_indexed);
+            audit::arg("packs_unreadable", outcome.packs_unreadable.len());
+            if outcome.packs_unreadable.is_empty() {
+                audit::commit_ok();
+            } else {
+                audit::set_failure(format!(
+                    "{} packs could not be read",
+                    outcome.packs_unreadable.len()
+                ));
+            }
             println!(
                 "indexed {} blobs from {} packs",
                 outcome.blobs, outcome.packs_indexed
@@ -67,7 +87,13 @@ pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
             } else {
                 HashSet::new()
             };
+            audit::arg("forget", forget);
             let repairs = repair_snapshots(&repo, &bad, *forget, wait)?;
+            for repair in &repairs {
+                audit::arg("damaged_snapshot", repair.old.to_hex());
+                audit::arg("snapshot", repair.new.to_hex());
+            }
+            audit::commit_ok();
             for repair in &repairs {
                 println!(
                     "snapshot {} repaired as {}{}",

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::backup::human_bytes;
 use super::progress::{ItemNoun, ProgressDisplay};
-use super::{Cli, EXIT_FAILURE, EXIT_OK, open};
+use super::{Cli, EXIT_FAILURE, EXIT_OK, audit, open};
 use crate::display::escape_path;
 use crate::restore::{RestoreOptions, restore_with_progress};
 
@@ -26,7 +26,12 @@ pub struct RestoreArgs {
 
 pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
     let repo = open(cli)?;
+    audit::arg("target", args.target.display());
+    for include in &args.includes {
+        audit::arg("include", include.display());
+    }
     let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    audit::arg("snapshot", id.to_hex());
     let options = RestoreOptions {
         includes: args.includes.clone(),
     };
@@ -34,6 +39,16 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
     let outcome = restore_with_progress(&repo, &snapshot.tree, &args.target, &options, &progress)?;
     if let Some(display) = display {
         display.finish();
+    }
+    audit::arg("files", outcome.files);
+    audit::arg("bytes", outcome.bytes);
+    if outcome.errors.is_empty() {
+        audit::commit_ok();
+    } else {
+        audit::set_failure(format!(
+            "{} entries could not be restored",
+            outcome.errors.len()
+        ));
     }
     if args.json {
         let json = serde_json::json!({

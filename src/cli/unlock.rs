@@ -1,6 +1,6 @@
 use clap::Args;
 
-use super::{Cli, EXIT_OK, open};
+use super::{Cli, EXIT_OK, audit, open};
 use crate::repository::lock::read_locks;
 use crate::tree::Timestamp;
 
@@ -15,6 +15,7 @@ pub fn run(cli: &Cli, args: &UnlockArgs) -> anyhow::Result<i32> {
     let repo = open(cli)?;
     let now = Timestamp::now();
     let mut removed = 0;
+    audit::arg("remove_all", args.remove_all);
     for (name, info) in read_locks(&repo)? {
         let (stale, description) = match &info {
             Ok(info) => (info.is_stale(now), info.describe()),
@@ -22,12 +23,14 @@ pub fn run(cli: &Cli, args: &UnlockArgs) -> anyhow::Result<i32> {
         };
         if stale || args.remove_all {
             repo.backend().remove(&format!("locks/{name}"))?;
+            audit::arg("lock", &name);
             println!("removed lock {name}: {description}");
             removed += 1;
         } else {
             println!("kept live lock {name}: {description}");
         }
     }
+    audit::commit_ok();
     println!("{removed} locks removed");
     Ok(EXIT_OK)
 }

@@ -13,6 +13,11 @@
 //! `key rotate` hand a new epoch to every slot while knowing only one password.
 //! A removed slot's public key is gone, so nothing sealed later reaches it.
 //!
+//! Each slot also has an Ed25519 key pair that signs the slot's audit log
+//! entries. Its secret key is wrapped with the X25519 private key, and its
+//! public key is bound to the key material by the same MAC as the X25519 public
+//! key, so that nobody without the key material can swap in a key of their own.
+//!
 //! A public key lets anyone seal material, so the wrapped private key carries an
 //! anchor next to it: a hash of the identity secret and the first epoch, which no
 //! rotation changes. Material that does not match the anchor is rejected, so an
@@ -137,15 +142,23 @@ impl KeyMaterial {
         self.derive_from_fixed_parts("cairn 2026-12 v2 key material anchor")
     }
 
-    /// Computes the MAC of a slot's public key, which shows that a holder of
-    /// this key material added the slot. `key rotate` seals new material only to
-    /// slots whose MAC matches, so that nobody without key material can add a
-    /// slot to the key file and receive the next epoch.
-    pub fn slot_public_mac(&self, repo_id: &[u8; 16], name: &str, public: &[u8; 32]) -> [u8; 32] {
+    /// Computes the MAC of a slot's X25519 and Ed25519 public keys, which shows
+    /// that a holder of this key material added the slot. `key rotate` seals new
+    /// material only to slots whose MAC matches, so that nobody without key
+    /// material can add a slot to the key file and receive the next epoch, and
+    /// `audit verify` accepts signatures only from keys whose MAC matches.
+    pub fn slot_public_mac(
+        &self,
+        repo_id: &[u8; 16],
+        name: &str,
+        public: &[u8; 32],
+        signing_public: &[u8; 32],
+    ) -> [u8; 32] {
         let key = self.derive_from_fixed_parts("cairn 2026-12 v2 key slot public key mac");
         let mut hasher = blake3::Hasher::new_keyed(&key);
         hasher.update(repo_id);
         hasher.update(public);
+        hasher.update(signing_public);
         hasher.update(name.as_bytes());
         *hasher.finalize().as_bytes()
     }
@@ -179,6 +192,36 @@ pub fn generate_slot_key_pair() -> ([u8; 32], [u8; 32]) {
     let public = PublicKey::from(&private);
     (private.to_bytes(), public.to_bytes())
 }
+
+/// Generates a slot's Ed25519 signing key pair and returns the 32-byte secret
+/// key (the seed of RFC 8032) and the public key.
+pub fn generate_signing_key_pair() -> ([u8; 32], [u8; 32]) {
+    let secret = random_secret();
+    let public = ed25519_dalek::SigningKey::from_bytes(&secret)
+        .verifying_key()
+        .to_bytes();
+    (secret, public)
+}
+
+/// The secrets that a key slot wraps under its password-derived key.
+pub struct SlotSecret {
+    /// X25519 private key, which opens the sealed key material.
+    pub private: [u8; 32],
+    /// Anchor of the key material that the slot must contain.
+    pub anchor: [u8; 32],
+    /// Ed25519 secret key, which signs the slot's audit log entries.
+    pub signing: [u8; 32],
+}
+
+impl fmt::Debug for SlotSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SlotSecret(<redacted>)")
+    }
+}
+
+/// Length of a wrapped slot secret's plaintext: private key, anchor and
+/// signing key.
+const SLOT_SECRET_LEN: usize = 3 * 32;
 
 /// Derives the AES key of a material seal from the X25519 shared secret and both
 /// public keys, and rejects a shared secret that a low-order point forced.
@@ -242,48 +285,54 @@ pub fn open_material(
     Ok(material)
 }
 
-/// Wraps a slot's private key and the material anchor under a password-derived
-/// key. Returns the random nonce and the 80-byte ciphertext.
+/// Wraps a slot's secrets under a password-derived key. Returns the random
+/// nonce and the 112-byte ciphertext.
 pub fn wrap_slot_secret(
     kek: &[u8; 32],
     binding: &[u8],
-    private: &[u8; 32],
-    anchor: &[u8; 32],
+    secret: &SlotSecret,
 ) -> Result<([u8; 12], Vec<u8>), CryptoError> {
     let mut nonce = [0u8; 12];
     rand::rng().fill(&mut nonce);
     let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte key");
-    let mut buffer = Vec::with_capacity(64 + 16);
-    buffer.extend_from_slice(private);
-    buffer.extend_from_slice(anchor);
+    let mut buffer = Vec::with_capacity(SLOT_SECRET_LEN + 16);
+    buffer.extend_from_slice(&secret.private);
+    buffer.extend_from_slice(&secret.anchor);
+    buffer.extend_from_slice(&secret.signing);
     cipher
         .encrypt_in_place(&Nonce::from(nonce), binding, &mut buffer)
         .map_err(|_| CryptoError::Authentication)?;
     Ok((nonce, buffer))
 }
 
-/// Unwraps a slot's private key and anchor. A wrong password fails with
-/// `Authentication`.
+/// Unwraps a slot's secrets. A wrong password fails with `Authentication`.
 pub fn unwrap_slot_secret(
     kek: &[u8; 32],
     binding: &[u8],
     nonce: &[u8; 12],
     wrapped: &[u8],
-) -> Result<([u8; 32], [u8; 32]), CryptoError> {
+) -> Result<SlotSecret, CryptoError> {
     let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte key");
     let mut buffer = wrapped.to_vec();
     cipher
         .decrypt_in_place(&Nonce::from(*nonce), binding, &mut buffer)
         .map_err(|_| CryptoError::Authentication)?;
-    if buffer.len() != 64 {
+    if buffer.len() != SLOT_SECRET_LEN {
         return Err(CryptoError::Malformed(format!(
-            "wrapped slot secret of {} bytes, expected 64",
+            "wrapped slot secret of {} bytes, expected {SLOT_SECRET_LEN}",
             buffer.len()
         )));
     }
-    let private = buffer[..32].try_into().expect("32-byte slice");
-    let anchor = buffer[32..].try_into().expect("32-byte slice");
-    Ok((private, anchor))
+    let part = |index: usize| -> [u8; 32] {
+        buffer[index * 32..(index + 1) * 32]
+            .try_into()
+            .expect("32-byte slice")
+    };
+    Ok(SlotSecret {
+        private: part(0),
+        anchor: part(1),
+        signing: part(2),
+    })
 }
 
 #[cfg(test)]
@@ -354,16 +403,27 @@ mod tests {
         let (private, public) = generate_slot_key_pair();
         let sealed = seal_material(&public, b"slot", &material).unwrap();
         assert_eq!(sealed.ciphertext.len(), 82);
-        let (_, wrapped) = wrap_slot_secret(&[1; 32], b"slot", &private, &[2; 32]).unwrap();
-        assert_eq!(wrapped.len(), 80);
+        let secret = SlotSecret {
+            private,
+            anchor: [2; 32],
+            signing: [3; 32],
+        };
+        let (_, wrapped) = wrap_slot_secret(&[1; 32], b"slot", &secret).unwrap();
+        assert_eq!(wrapped.len(), 112);
     }
 
     #[test]
     fn slot_secret_rejects_wrong_key() {
-        let (nonce, wrapped) = wrap_slot_secret(&[1; 32], b"slot", &[2; 32], &[3; 32]).unwrap();
-        let (private, anchor) = unwrap_slot_secret(&[1; 32], b"slot", &nonce, &wrapped).unwrap();
-        assert_eq!(private, [2; 32]);
-        assert_eq!(anchor, [3; 32]);
+        let secret = SlotSecret {
+            private: [2; 32],
+            anchor: [3; 32],
+            signing: [4; 32],
+        };
+        let (nonce, wrapped) = wrap_slot_secret(&[1; 32], b"slot", &secret).unwrap();
+        let opened = unwrap_slot_secret(&[1; 32], b"slot", &nonce, &wrapped).unwrap();
+        assert_eq!(opened.private, [2; 32]);
+        assert_eq!(opened.anchor, [3; 32]);
+        assert_eq!(opened.signing, [4; 32]);
         assert!(unwrap_slot_secret(&[9; 32], b"slot", &nonce, &wrapped).is_err());
     }
 }

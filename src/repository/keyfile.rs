@@ -1,6 +1,8 @@
 //! The key file: named slots, each holding the repository's key material sealed
-//! to the slot's X25519 public key, and the slot's private key wrapped under a
-//! key derived from that slot's password (see `crypto::material`).
+//! to the slot's X25519 public key, and the slot's private and signing keys
+//! wrapped under a key derived from that slot's password (see
+//! `crypto::material`). Removed slots leave their public keys behind as retired
+//! keys, so that their audit log entries can still be verified.
 //!
 //! ```text
 //! offset  size  field
@@ -10,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{self, CryptoError, KdfParams, KeyMaterial, SealedMaterial};
+use crate::crypto::{self, CryptoError, KdfParams, KeyMaterial, SealedMaterial, SlotSecret};
 use crate::tree::Timestamp;
 
 const KEY_MAGIC: &[u8; 8] = b"CAIRNKEY";
@@ -18,6 +20,9 @@ const KEY_MAGIC: &[u8; 8] = b"CAIRNKEY";
 const MAX_SLOTS: usize = 64;
 /// Largest key file accepted when reading, 1 MiB.
 const MAX_KEY_FILE_LEN: usize = 1 << 20;
+/// Most retired keys kept in one key file. Each costs about 110 bytes plus its
+/// name, so the limit keeps the file far below [`MAX_KEY_FILE_LEN`].
+const MAX_RETIRED: usize = 4096;
 
 /// One named key slot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,16 +39,45 @@ pub struct KeySlot {
     pub salt: [u8; 16],
     /// AES-256-GCM-SIV nonce of the wrapped slot secret.
     pub nonce: [u8; 12],
-    /// The slot's X25519 private key and the key material's anchor, wrapped
-    /// under the password-derived key, tag included.
+    /// The slot's X25519 private key, the key material's anchor and the slot's
+    /// Ed25519 secret key, wrapped under the password-derived key, tag included.
     pub wrapped: Vec<u8>,
     /// The slot's X25519 public key.
     pub public: [u8; 32],
-    /// MAC of the public key under a key derived from the key material, which
+    /// The slot's Ed25519 public key, which verifies its audit log entries.
+    pub signing_public: [u8; 32],
+    /// MAC of both public keys under a key derived from the key material, which
     /// shows that a key holder added the slot.
     pub public_mac: [u8; 32],
     /// The key material, sealed to `public`.
     pub material: SealedMaterial,
+}
+
+/// The public keys of a slot that was removed, or replaced by `key passwd`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetiredKey {
+    /// Name of the slot.
+    pub name: String,
+    /// When the slot was removed or replaced.
+    pub retired: Timestamp,
+    /// The slot's X25519 public key.
+    pub public: [u8; 32],
+    /// The slot's Ed25519 public key, which verifies its old audit log entries.
+    pub signing_public: [u8; 32],
+    /// The slot's MAC, unchanged.
+    pub public_mac: [u8; 32],
+}
+
+impl RetiredKey {
+    fn from_slot(slot: &KeySlot) -> Self {
+        Self {
+            name: slot.name.clone(),
+            retired: Timestamp::now(),
+            public: slot.public,
+            signing_public: slot.signing_public,
+            public_mac: slot.public_mac,
+        }
+    }
 }
 
 /// All key slots of a repository.
@@ -53,6 +87,30 @@ pub struct KeyFile {
     pub repo_id: [u8; 16],
     /// Slots in the order they were added.
     pub slots: Vec<KeySlot>,
+    /// Public keys of removed and replaced slots, oldest first.
+    pub retired: Vec<RetiredKey>,
+}
+
+/// Key material, slot name and signing key that one slot's password unlocks.
+#[derive(Debug)]
+pub struct UnlockedSlot {
+    /// The repository's key material.
+    pub material: KeyMaterial,
+    /// Name of the slot.
+    pub name: String,
+    /// The slot's Ed25519 secret key.
+    pub signing: [u8; 32],
+}
+
+/// A signing public key that the key file binds to a slot name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundSigningKey {
+    /// Name of the slot.
+    pub name: String,
+    /// Ed25519 public key.
+    pub signing_public: [u8; 32],
+    /// True for a retired key, false for a current slot.
+    pub retired: bool,
 }
 
 /// Associated data of a slot's wrapped secret: binds it to the repository and
@@ -85,12 +143,14 @@ impl KeyFile {
         rand::RngExt::fill(&mut rand::rng(), &mut salt);
         let kek = kdf.derive(password, &salt)?;
         let (private, public) = crypto::generate_slot_key_pair();
-        let (nonce, wrapped) = crypto::wrap_slot_secret(
-            &kek,
-            &slot_binding(&self.repo_id, name),
-            &private,
-            &material.anchor(),
-        )?;
+        let (signing, signing_public) = crypto::generate_signing_key_pair();
+        let secret = SlotSecret {
+            private,
+            anchor: material.anchor(),
+            signing,
+        };
+        let (nonce, wrapped) =
+            crypto::wrap_slot_secret(&kek, &slot_binding(&self.repo_id, name), &secret)?;
         let sealed =
             crypto::seal_material(&public, &material_binding(&self.repo_id, name), material)?;
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -106,7 +166,8 @@ impl KeyFile {
             nonce,
             wrapped,
             public,
-            public_mac: material.slot_public_mac(&self.repo_id, name, &public),
+            signing_public,
+            public_mac: material.slot_public_mac(&self.repo_id, name, &public, &signing_public),
             material: sealed,
         });
         Ok(())
@@ -119,8 +180,7 @@ impl KeyFile {
     /// material added the slot to receive the new material.
     pub fn reseal_material(&mut self, material: &KeyMaterial) -> Result<(), CryptoError> {
         for slot in &self.slots {
-            if material.slot_public_mac(&self.repo_id, &slot.name, &slot.public) != slot.public_mac
-            {
+            if !slot_mac_matches(material, &self.repo_id, slot) {
                 return Err(CryptoError::Malformed(format!(
                     "key slot {:?} was not added with this repository's key material; remove it with `cairn key remove` if nobody you trust added it",
                     slot.name
@@ -140,6 +200,12 @@ impl KeyFile {
     /// material does not open or does not match its anchor is damage (`Malformed`),
     /// because its private key opened with the password.
     pub fn unlock(&self, password: &[u8]) -> Result<(KeyMaterial, String), CryptoError> {
+        self.unlock_slot(password)
+            .map(|unlocked| (unlocked.material, unlocked.name))
+    }
+
+    /// Unlocks like [`KeyFile::unlock`], and also returns the slot's signing key.
+    pub fn unlock_slot(&self, password: &[u8]) -> Result<UnlockedSlot, CryptoError> {
         for slot in &self.slots {
             // A slot with unusable parameters must not lock out the others.
             let kek = match slot.kdf.derive(password, &slot.salt) {
@@ -150,33 +216,84 @@ impl KeyFile {
                 }
             };
             let binding = slot_binding(&self.repo_id, &slot.name);
-            let Ok((private, anchor)) =
-                crypto::unwrap_slot_secret(&kek, &binding, &slot.nonce, &slot.wrapped)
+            let Ok(secret) = crypto::unwrap_slot_secret(&kek, &binding, &slot.nonce, &slot.wrapped)
             else {
                 continue;
             };
             let binding = material_binding(&self.repo_id, &slot.name);
-            let material = crypto::open_material(&private, &slot.public, &binding, &slot.material)
-                .map_err(|e| {
-                    CryptoError::Malformed(format!(
-                        "the key material of slot {:?} does not open: {e}",
-                        slot.name
-                    ))
-                })?;
+            let material =
+                crypto::open_material(&secret.private, &slot.public, &binding, &slot.material)
+                    .map_err(|e| {
+                        CryptoError::Malformed(format!(
+                            "the key material of slot {:?} does not open: {e}",
+                            slot.name
+                        ))
+                    })?;
             // Anyone can seal material to a public key, so only material with the
             // identity and first epoch that the password protects is accepted.
-            if material.anchor() != anchor
-                || material.slot_public_mac(&self.repo_id, &slot.name, &slot.public)
-                    != slot.public_mac
+            if material.anchor() != secret.anchor
+                || !slot_mac_matches(&material, &self.repo_id, slot)
             {
                 return Err(CryptoError::Malformed(format!(
                     "the key material of slot {:?} was replaced: it does not match the anchor that the password protects",
                     slot.name
                 )));
             }
-            return Ok((material, slot.name.clone()));
+            let signing_public = ed25519_dalek::SigningKey::from_bytes(&secret.signing)
+                .verifying_key()
+                .to_bytes();
+            if signing_public != slot.signing_public {
+                return Err(CryptoError::Malformed(format!(
+                    "the signing public key of slot {:?} does not belong to its secret key",
+                    slot.name
+                )));
+            }
+            return Ok(UnlockedSlot {
+                material,
+                name: slot.name.clone(),
+                signing: secret.signing,
+            });
         }
         Err(CryptoError::Authentication)
+    }
+
+    /// Returns the signing public keys of the current and retired slots whose
+    /// MAC matches `material`, current slots first. Keys without a matching MAC
+    /// were not added by a key holder and are left out.
+    pub fn bound_signing_keys(&self, material: &KeyMaterial) -> Vec<BoundSigningKey> {
+        let current = self
+            .slots
+            .iter()
+            .filter(|slot| slot_mac_matches(material, &self.repo_id, slot))
+            .map(|slot| BoundSigningKey {
+                name: slot.name.clone(),
+                signing_public: slot.signing_public,
+                retired: false,
+            });
+        let retired = self
+            .retired
+            .iter()
+            .filter(|key| {
+                material.slot_public_mac(&self.repo_id, &key.name, &key.public, &key.signing_public)
+                    == key.public_mac
+            })
+            .map(|key| BoundSigningKey {
+                name: key.name.clone(),
+                signing_public: key.signing_public,
+                retired: true,
+            });
+        current.chain(retired).collect()
+    }
+
+    /// Moves a slot's public keys to the retired list.
+    fn retire(&mut self, slot: &KeySlot) -> Result<(), super::RepoError> {
+        if self.retired.len() >= MAX_RETIRED {
+            return Err(super::RepoError::KeySlot(format!(
+                "the key file already keeps the maximum of {MAX_RETIRED} retired keys, which verify old audit log entries"
+            )));
+        }
+        self.retired.push(RetiredKey::from_slot(slot));
+        Ok(())
     }
 
     /// Encodes the key file with its magic.
@@ -199,6 +316,12 @@ impl KeyFile {
             return Err(CryptoError::Malformed(format!(
                 "{} key slots, more than the {MAX_SLOTS} allowed",
                 file.slots.len()
+            )));
+        }
+        if file.retired.len() > MAX_RETIRED {
+            return Err(CryptoError::Malformed(format!(
+                "{} retired keys, more than the {MAX_RETIRED} allowed",
+                file.retired.len()
             )));
         }
         Ok(file)
@@ -224,8 +347,9 @@ impl super::Repository {
         self.write_file("keys", &file.encode())
     }
 
-    /// Adds a key slot named `name` that opens the repository with `password`.
-    pub fn add_key(&self, name: &str, password: &[u8]) -> Result<(), super::RepoError> {
+    /// Adds a key slot named `name` that opens the repository with `password`,
+    /// and returns its signing public key.
+    pub fn add_key(&self, name: &str, password: &[u8]) -> Result<[u8; 32], super::RepoError> {
         validate_slot_name(name)?;
         let mut file = self.key_file()?;
         if file.slots.iter().any(|s| s.name == name) {
@@ -240,30 +364,34 @@ impl super::Repository {
         }
         file.add_password_slot(name, password, &self.material, KdfParams::DEFAULT)
             .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
-        self.write_key_file(&file)
+        let signing_public = file.slots.last().expect("slot just added").signing_public;
+        self.write_key_file(&file)?;
+        Ok(signing_public)
     }
 
     /// Removes the key slot `name`; its password stops working at once. The last
     /// slot cannot be removed, since the repository could never be opened again.
     pub fn remove_key(&self, name: &str) -> Result<(), super::RepoError> {
         let mut file = self.key_file()?;
-        let before = file.slots.len();
-        file.slots.retain(|s| s.name != name);
-        if file.slots.len() == before {
+        let Some(position) = file.slots.iter().position(|s| s.name == name) else {
             return Err(super::RepoError::KeySlot(format!(
                 "no key named {name:?}: run `cairn key list` to see the names"
             )));
-        }
-        if file.slots.is_empty() {
+        };
+        if file.slots.len() == 1 {
             return Err(super::RepoError::KeySlot(format!(
                 "{name:?} is the only key: add another with `cairn key add` before removing it"
             )));
         }
+        let removed = file.slots.remove(position);
+        file.retire(&removed)?;
         self.write_key_file(&file)
     }
 
-    /// Replaces the password of the slot that opened the repository.
-    pub fn change_password(&self, password: &[u8]) -> Result<(), super::RepoError> {
+    /// Replaces the password of the slot that opened the repository. The slot
+    /// gets new key pairs, and the old public keys are retired. Returns the new
+    /// signing public key.
+    pub fn change_password(&self, password: &[u8]) -> Result<[u8; 32], super::RepoError> {
         let mut file = self.key_file()?;
         let Some(position) = file.slots.iter().position(|s| s.name == self.slot) else {
             return Err(super::RepoError::KeySlot(format!(
@@ -272,9 +400,11 @@ impl super::Repository {
             )));
         };
         let old = file.slots.remove(position);
+        file.retire(&old)?;
         file.add_password_slot(&old.name, password, &self.material, KdfParams::DEFAULT)
             .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
         let new = file.slots.pop().expect("slot just added");
+        let signing_public = new.signing_public;
         file.slots.insert(
             position,
             KeySlot {
@@ -283,7 +413,8 @@ impl super::Repository {
                 ..new
             },
         );
-        self.write_key_file(&file)
+        self.write_key_file(&file)?;
+        Ok(signing_public)
     }
 }
 
@@ -319,6 +450,11 @@ impl super::Repository {
         self.write_key_file(&file)?;
         Ok(epoch)
     }
+}
+
+fn slot_mac_matches(material: &KeyMaterial, repo_id: &[u8; 16], slot: &KeySlot) -> bool {
+    material.slot_public_mac(repo_id, &slot.name, &slot.public, &slot.signing_public)
+        == slot.public_mac
 }
 
 fn validate_slot_name(name: &str) -> Result<(), super::RepoError> {

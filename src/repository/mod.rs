@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::backend::{Backend, LocalBackend};
 use self::index::{Index, IndexRecord, MAX_INDEX_LEN};
-pub use self::keyfile::{KeyFile, KeySlot};
+pub use self::keyfile::{BoundSigningKey, KeyFile, KeySlot, RetiredKey, UnlockedSlot};
 pub use self::location::Location;
 use self::pack::BlobKind;
 pub use self::writer::BlobWriter;
@@ -45,7 +45,7 @@ use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
 use crate::tree::{MAX_TREE_LEN, Tree};
 
 /// Repository format version written by this program, and the only one it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// A pack is closed once it reaches this size: 16 MiB, large enough that object
 /// stores see few requests, small enough to rewrite cheaply during cleanup.
 pub const PACK_TARGET_SIZE: usize = 16 << 20;
@@ -149,6 +149,7 @@ pub struct Repository {
     keys: Keys,
     material: KeyMaterial,
     slot: String,
+    signing: ed25519_dalek::SigningKey,
     chunker: Chunker,
     index: RwLock<Index>,
     trees: Mutex<LruCache<TreeId, Arc<Tree>>>,
@@ -305,19 +306,19 @@ impl Repository {
         let mut key_file = KeyFile {
             repo_id,
             slots: Vec::new(),
+            retired: Vec::new(),
         };
         key_file
             .add_password_slot(name, password, &material, kdf)
             .map_err(|e| damaged("new key slot".into(), e))?;
+        // Unlocking the new slot again is the only way to its signing key, and
+        // costs one more key derivation.
+        let unlocked = key_file
+            .unlock_slot(password)
+            .map_err(|e| damaged("new key slot".into(), e))?;
         backend.write_atomic("keys", &key_file.encode())?;
         backend.write_atomic("config", &encode_config(&config, &keys))?;
-        Ok(Self::assemble(
-            backend,
-            config,
-            keys,
-            material,
-            name.to_string(),
-        ))
+        Ok(Self::assemble(backend, config, keys, unlocked))
     }
 
     /// Opens a repository in a local directory.
@@ -344,12 +345,12 @@ impl Repository {
                 "it belongs to another repository",
             ));
         }
-        let (material, slot) = match key_file.unlock(password) {
+        let unlocked = match key_file.unlock_slot(password) {
             Ok(unlocked) => unlocked,
             Err(CryptoError::Authentication) => return Err(RepoError::WrongPassword(location)),
             Err(e) => return Err(damaged(format!("key file of {location}"), e)),
         };
-        let keys = Keys::derive(config.repo_id, &material);
+        let keys = Keys::derive(config.repo_id, &unlocked.material);
         // The MAC covers the stored bytes, so any change to the file is detected,
         // including bytes the decoder would ignore.
         let body = &config_bytes[CONFIG_MAGIC.len()..config_bytes.len() - 32];
@@ -364,7 +365,7 @@ impl Repository {
             .validate()
             .map_err(|e| damaged(format!("config of {location}"), e))?;
 
-        let repo = Self::assemble(backend, config, keys, material, slot);
+        let repo = Self::assemble(backend, config, keys, unlocked);
         repo.load_index()?;
         Ok(repo)
     }
@@ -373,16 +374,16 @@ impl Repository {
         backend: Box<dyn Backend>,
         config: Config,
         keys: Keys,
-        material: KeyMaterial,
-        slot: String,
+        unlocked: UnlockedSlot,
     ) -> Self {
         let chunker = Chunker::new(config.chunker, keys.gear_table());
         Self {
             backend: Arc::from(backend),
             config,
             keys,
-            material,
-            slot,
+            material: unlocked.material,
+            slot: unlocked.name,
+            signing: ed25519_dalek::SigningKey::from_bytes(&unlocked.signing),
             chunker,
             index: RwLock::new(Index::default()),
             trees: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("nonzero"))),
@@ -412,6 +413,16 @@ impl Repository {
     /// Returns the config.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Returns the key material.
+    pub fn material(&self) -> &KeyMaterial {
+        &self.material
+    }
+
+    /// Returns the Ed25519 signing key of the slot that opened the repository.
+    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        &self.signing
     }
 
     /// Returns the keyed chunker.

@@ -20,21 +20,29 @@ pub enum FileKind {
     Snapshot,
     /// `locks/<16 hex>`, rewritten by its owner and deleted when released.
     Lock,
+    /// `audit/<20 digits>-<16 hex>`, an audit log entry whose name ends with
+    /// the start of the BLAKE3 hash of its bytes.
+    Audit,
 }
 
 impl FileKind {
     /// True for the kinds whose name is the BLAKE3 hash of their bytes, so that
     /// a name can hold only one content.
     pub fn is_content_addressed(self) -> bool {
-        matches!(self, Self::Pack | Self::Index | Self::Snapshot)
+        matches!(
+            self,
+            Self::Pack | Self::Index | Self::Snapshot | Self::Audit
+        )
     }
 
-    /// Returns the hex hash that names a content-addressed file.
+    /// Returns the hex hash, or for an audit entry the start of it, that names
+    /// a content-addressed file.
     pub fn content_hash(self, path: &str) -> Option<&str> {
-        if self.is_content_addressed() {
-            path.rsplit('/').next()
-        } else {
-            None
+        let name = path.rsplit('/').next()?;
+        match self {
+            Self::Audit => name.split_once('-').map(|(_, hash)| hash),
+            _ if self.is_content_addressed() => Some(name),
+            _ => None,
         }
     }
 }
@@ -45,7 +53,7 @@ pub enum Target {
     /// A file, with its path relative to the repository root.
     File(FileKind, String),
     /// A directory that can be listed: the top level (empty path), `data`,
-    /// `data/<2 hex>`, `index`, `snapshots` or `locks`.
+    /// `data/<2 hex>`, `index`, `snapshots`, `locks` or `audit`.
     Directory(String),
 }
 
@@ -65,7 +73,7 @@ impl fmt::Display for PathError {
             Self::Invalid(detail) => write!(f, "invalid path: {detail}"),
             Self::Unknown(path) => write!(
                 f,
-                "{path} is not a repository file: the server serves only config, keys, data/, index/, snapshots/ and locks/"
+                "{path} is not a repository file: the server serves only config, keys, data/, index/, snapshots/, locks/ and audit/"
             ),
         }
     }
@@ -109,7 +117,7 @@ pub fn classify(segments: &[String]) -> Result<Target, PathError> {
         [] => Ok(Target::Directory(String::new())),
         ["config"] => file(FileKind::Config, "config".into()),
         ["keys"] => file(FileKind::Keys, "keys".into()),
-        [dir @ ("data" | "index" | "snapshots" | "locks")] => {
+        [dir @ ("data" | "index" | "snapshots" | "locks" | "audit")] => {
             Ok(Target::Directory(dir.to_string()))
         }
         ["data", prefix] if is_hex(prefix, 2) => Ok(Target::Directory(format!("data/{prefix}"))),
@@ -121,6 +129,9 @@ pub fn classify(segments: &[String]) -> Result<Target, PathError> {
             file(FileKind::Snapshot, format!("snapshots/{name}"))
         }
         ["locks", name] if is_hex(name, 16) => file(FileKind::Lock, format!("locks/{name}")),
+        ["audit", name] if crate::audit::parse_entry_name(name).is_some() => {
+            file(FileKind::Audit, format!("audit/{name}"))
+        }
         _ => Err(PathError::Unknown(parts.join("/"))),
     }
 }

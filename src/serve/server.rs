@@ -102,6 +102,7 @@ fn store_error(error: StoreError) -> Response<Full<Bytes>> {
 fn body_limit(kind: FileKind, server_limit: usize) -> usize {
     let kind_limit = match kind {
         FileKind::Config | FileKind::Lock => 64 << 10,
+        FileKind::Audit => 1 << 20,
         FileKind::Keys => 1 << 20,
         FileKind::Snapshot => crate::snapshot::MAX_SNAPSHOT_LEN,
         FileKind::Pack | FileKind::Index => usize::MAX,

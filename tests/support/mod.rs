@@ -26,7 +26,9 @@ pub const EXIT_LOCKED: i32 = 11;
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
 
 /// Returns a `cairn` command that ignores the caller's repository, password,
-/// S3, server token and log settings and reads no standard input.
+/// S3, server token and log settings and reads no standard input. It remembers
+/// the newest audit log entries in a directory below the system's temporary
+/// directory, not in the caller's home.
 pub fn cairn_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
     for name in [
@@ -52,6 +54,10 @@ pub fn cairn_command() -> Command {
     ] {
         command.env_remove(name);
     }
+    command.env(
+        "CAIRN_STATE_DIR",
+        std::env::temp_dir().join("cairn-tests-state"),
+    );
     command.stdin(Stdio::null());
     command
 }
@@ -348,6 +354,14 @@ pub fn file_sizes(dir: &Path) -> BTreeMap<PathBuf, u64> {
             }
         }
     }
+    sizes
+}
+
+/// Returns the files of a repository with their sizes, like [`file_sizes`],
+/// without the audit log, to which every command appends an entry.
+pub fn data_file_sizes(repo: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut sizes = file_sizes(repo);
+    sizes.retain(|path, _| !path.starts_with("audit"));
     sizes
 }
 
