@@ -447,3 +447,58 @@ fn s3_invalid_url_fails() {
         "the error shows no URL form: {stderr}"
     );
 }
+
+/// Returns the object keys below `prefix` in the bucket, without the audit log
+/// entries that every command adds.
+fn data_keys(server: &S3Server, prefix: &str) -> Vec<String> {
+    server
+        .list_keys(BUCKET, prefix)
+        .into_iter()
+        .filter(|key| !key.contains("/audit/"))
+        .collect()
+}
+
+#[test]
+fn s3_copy_from_local_repository() {
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    let local = Fixture::new();
+    let src = local.path("src");
+    build_tree(&src);
+    local.backup(&[&src], &[]);
+    fs::write(src.join("added"), b"only in the second snapshot\n").unwrap();
+    local.backup(&[&src], &[]);
+
+    // The S3 repository has its own keys and identity, so every chunk gets a
+    // new id on the way.
+    let url = server.repository_url(BUCKET, "copies");
+    let remote = Fixture::with_repository(&url, server.credentials());
+    let copy = || {
+        let mut args: Vec<OsString> = vec!["copy".into(), "--json".into(), "--from".into()];
+        args.push(local.repo.clone().into_os_string());
+        args.push("--from-password-file".into());
+        args.push(local.password_file.clone().into_os_string());
+        parse_json(&remote.run_ok(args))
+    };
+
+    let first = copy();
+    assert_eq!(first["snapshots_copied"], 2, "{first}");
+    let copied_keys = data_keys(&server, "copies/");
+
+    let again = copy();
+    assert_eq!(again["snapshots_copied"], 0, "{again}");
+    assert_eq!(again["blobs_added"], 0, "{again}");
+    assert_eq!(
+        data_keys(&server, "copies/"),
+        copied_keys,
+        "a second copy wrote objects other than its audit entry"
+    );
+
+    remote.run_ok(["check", "--read-data"]);
+    let target = remote.restore("latest", "restored-from-s3");
+    assert_same_tree(
+        &src,
+        &restored_path(&target, &src),
+        "restore of the copy in S3",
+    );
+}
