@@ -100,7 +100,8 @@ pub struct Fixture {
     root: PathBuf,
     /// Repository location: a directory, or an `s3:` URL.
     pub repo: PathBuf,
-    password_file: PathBuf,
+    /// File whose first line is the repository's password.
+    pub password_file: PathBuf,
     /// Environment variables set for every command, such as S3 credentials.
     env: Vec<(OsString, OsString)>,
 }

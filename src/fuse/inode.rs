@@ -3,7 +3,7 @@
 //! The inodes built at mount time (the root, the views, the snapshot folders)
 //! come first and are stored whole. After them, the entries of a snapshot
 //! directory are numbered together, as a contiguous range, the first time the
-//! directory is looked at; the table keeps only the range and the id of the
+//! directory is looked at. The table keeps only the range and the id of the
 //! directory's tree, so it costs a few dozen bytes per directory looked at and
 //! nothing per file. The trees themselves live in a bounded cache of the file
 //! system and are loaded again when they have been evicted. Numbers are never
@@ -133,7 +133,7 @@ struct Block {
     root: u64,
 }
 
-/// What the table holds for an inode number.
+/// The table's record of one inode number.
 #[derive(Debug)]
 pub(super) enum Slot<'a> {
     /// An inode built at mount time.
