@@ -3,12 +3,10 @@
 use clap::Parser;
 
 fn main() {
-    // Die quietly on a closed pipe (`cairn ls latest | head`), like other Unix
-    // tools, instead of panicking inside println!.
-    // SAFETY: setting a signal disposition to its default before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored, as Rust sets it up, so that a server or object
+    // store that closes its connection makes a write fail with EPIPE instead of
+    // killing the process in the middle of a backup.
+    exit_quietly_on_closed_stdout();
     limit_retained_memory();
     // Usage errors exit with 1 instead of clap's 2, so that every failure uses
     // the codes listed in --help; --help and --version exit with 0.
@@ -33,6 +31,25 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Ends the process without a panic message when standard output is a pipe
+/// whose reader has gone (`cairn ls latest | head`), like other Unix tools,
+/// with the status a shell shows for a process killed by SIGPIPE.
+fn exit_quietly_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(128 + libc::SIGPIPE);
+        }
+        default_hook(info);
+    }));
 }
 
 /// Serves every allocation of 1 MiB or more (chunks, packs, read buffers) with

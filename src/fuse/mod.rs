@@ -262,7 +262,7 @@ fn serve(
     let watched = mountpoint.clone();
     // The thread hands `signals` back instead of dropping it: dropping closes
     // the socket that `signal_handle.close()` writes to, and that write would
-    // then raise SIGPIPE, which `main` leaves at its default action (exit).
+    // then fail with EPIPE.
     let watcher = std::thread::Builder::new()
         .name("cairn-signals".into())
         .spawn(move || {
