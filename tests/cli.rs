@@ -1314,3 +1314,39 @@ fn backup_unreadable_file_exits_3() {
     assert_eq!(list.len(), 1, "snapshots: {list:?}");
     assert_eq!(list[0]["incomplete"], true, "{}", list[0]);
 }
+
+#[test]
+fn closed_stdout_ends_listing_quietly() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir(&src).unwrap();
+    // Far more output than a pipe buffers, so `ls` is still writing when the
+    // reader goes away.
+    for i in 0..5000 {
+        fs::write(src.join(format!("file-with-a-long-name-{i:05}")), b"x").unwrap();
+    }
+    fixture.backup(&[&src], &[]);
+
+    let mut child = fixture
+        .command()
+        .args(["ls", "latest"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cairn ls");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut first = [0u8; 1];
+    stdout
+        .read_exact(&mut first)
+        .expect("read the first byte of the listing");
+    drop(stdout);
+    let output = child.wait_with_output().expect("wait for cairn ls");
+
+    // 141 is what a shell shows for a process ended by SIGPIPE.
+    assert_eq!(output.status.code(), Some(141), "{}", describe(&output));
+    assert!(
+        !stderr_of(&output).contains("panicked"),
+        "{}",
+        describe(&output)
+    );
+}
