@@ -204,7 +204,7 @@ fn extended_attributes_are_served_only_when_a_snapshot_has_some() {
     fs::write(source.join("dir/plain"), b"no attributes\n").unwrap();
     fixture.backup(&[&source], &[]);
 
-    // No snapshot holds an attribute: the mount answers ENOTSUP, and the kernel
+    // No snapshot contains an attribute: the mount answers ENOTSUP, and the kernel
     // stops sending the requests, which `ls -l` makes for every entry.
     {
         let mount = MountGuard::start(&fixture, &[]);

@@ -29,8 +29,8 @@ pub struct BackupSummary {
     pub total_bytes: u64,
     /// Duration of the run in milliseconds.
     pub duration_ms: u64,
-    /// Entries with extended attributes (ACLs included), or `None` where nobody
-    /// counted them. A mount serves no extended attributes at all when every
+    /// Entries with extended attributes (ACLs included), or `None` where they were
+    /// not counted. A mount serves no extended attributes at all when every
     /// snapshot counts zero, which spares a kernel round trip per `ls -l` entry.
     pub xattr_entries: Option<u64>,
 }

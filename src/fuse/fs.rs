@@ -97,7 +97,7 @@ pub(super) struct CairnFs {
     logged_errors: Mutex<HashSet<u64>>,
     /// The writable `incoming/` folder of a write-through mount.
     incoming: Option<Arc<Overlay>>,
-    /// False when no snapshot holds an extended attribute and nothing is
+    /// False when no snapshot contains an extended attribute and nothing is
     /// writable: the first `getxattr` or `listxattr` then answers ENOSYS, which
     /// makes the kernel stop asking. `ls -l` asks for `security.selinux` on every
     /// entry, so this removes one round trip to this process per entry.
