@@ -19,10 +19,12 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, bounded};
 
+use crate::audit::state::{STATE_DIR_VARIABLE, state_dir};
 use crate::display::escape_path;
 use crate::exclude::{ExcludeReason, Excludes};
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::meta::{self, NameCache, ShortPath};
+use crate::parent_record::{ParentTrees, RecordKey};
 use crate::progress::Progress;
 use crate::repository::pack::BlobKind;
 use crate::repository::{BlobWriter, RepoError, Repository};
@@ -191,10 +193,33 @@ fn run_backup(
     if adopted > 0 {
         tracing::info!("indexed {adopted} packs left by an interrupted backup");
     }
-    let parent = find_parent(repo, &hostname, &path_bytes, options)?;
-    let parent_tree = parent.as_ref().map(|(_, snapshot)| snapshot.tree);
+    let record_key = RecordKey {
+        repo_id: repo.config().repo_id,
+        key_name: repo.slot_name(),
+        hostname: &hostname,
+        paths: &path_bytes,
+    };
+    let local_parents = if repo.is_backup_only() {
+        if options.parent.is_some() {
+            repo.require_full_key("read the snapshot given with --parent")?;
+        }
+        load_local_parents(repo, &record_key)
+    } else {
+        None
+    };
+    let parent = match &local_parents {
+        Some(local) => Some((local.snapshot, local.root)),
+        None if repo.is_backup_only() => None,
+        None => find_parent(repo, &hostname, &path_bytes, options)?
+            .map(|(id, snapshot)| (id, snapshot.tree)),
+    };
+    let parent_tree = parent.map(|(_, tree)| tree);
 
-    let writer = repo.blob_writer();
+    let writer = if repo.is_backup_only() {
+        repo.blob_writer().record_trees()
+    } else {
+        repo.blob_writer()
+    };
     let threads = if options.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -231,6 +256,7 @@ fn run_backup(
             errors: Vec::new(),
             excluded: 0,
             buffer: Vec::new(),
+            local_parents: local_parents.as_ref(),
         };
         let root = walk(&mut walker, parent_tree.as_ref());
         let Walker {
@@ -251,14 +277,15 @@ fn run_backup(
     });
     let (tree, mut summary, errors, excluded) = walker_result?;
 
+    let recorded_trees = writer.take_recorded_trees();
     let mut bytes_added = writer.finish()?;
     summary.errors = errors.len() as u64;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let mut snapshot = Snapshot {
         time,
-        hostname,
+        hostname: hostname.clone(),
         username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        paths: path_bytes,
+        paths: path_bytes.clone(),
         tree,
         parent: parent.map(|(id, _)| id),
         original: None,
@@ -274,6 +301,9 @@ fn run_backup(
     lock.check()?;
     let (id, _) = repo.save_snapshot(&snapshot)?;
     drop(lock);
+    if repo.is_backup_only() && !snapshot.incomplete {
+        store_local_parents(&record_key, id, snapshot.tree, recorded_trees);
+    }
     Ok(BackupOutcome {
         id,
         snapshot,
@@ -287,6 +317,43 @@ pub fn local_hostname() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Reads the trees that a backup-only key kept of its last snapshot of the
+/// same paths. Without them every file is read again, which is slower but
+/// complete, so a problem is a warning.
+fn load_local_parents(repo: &Repository, key: &RecordKey<'_>) -> Option<ParentTrees> {
+    let Some(dir) = state_dir() else {
+        tracing::warn!(
+            "no state directory (set {STATE_DIR_VARIABLE} or HOME): a backup-only key reads every file again"
+        );
+        return None;
+    };
+    match ParentTrees::load(&dir, key, repo.keys()) {
+        Ok(parents) => parents,
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    }
+}
+
+/// Keeps the trees of a backup-only key's new snapshot for the next backup.
+fn store_local_parents(
+    key: &RecordKey<'_>,
+    snapshot: SnapshotId,
+    root: TreeId,
+    trees: std::collections::HashMap<TreeId, Vec<u8>>,
+) {
+    let Some(dir) = state_dir() else {
+        return;
+    };
+    if let Err(e) = crate::parent_record::store(&dir, key, snapshot, root, trees) {
+        tracing::warn!(
+            "the trees of snapshot {} could not be kept for the next backup, which reads every file again: {e}",
+            snapshot.short()
+        );
+    }
 }
 
 fn find_parent(
@@ -353,6 +420,9 @@ struct Walker<'a, 'w> {
     errors: Vec<EntryError>,
     excluded: u64,
     buffer: Vec<u8>,
+    /// The trees of the last snapshot, kept on the client, for a backup-only
+    /// key.
+    local_parents: Option<&'w ParentTrees>,
 }
 
 impl Walker<'_, '_> {
@@ -429,6 +499,9 @@ impl Walker<'_, '_> {
 
     fn load_parent_tree(&mut self, id: Option<&crate::id::TreeId>) -> Option<std::sync::Arc<Tree>> {
         let id = id?;
+        if let Some(local) = self.local_parents {
+            return local.tree(id);
+        }
         match self.repo.load_tree(id) {
             Ok(tree) => Some(tree),
             Err(e) => {

@@ -6,7 +6,8 @@
 //! identity secret, and the encryption and config MAC keys from each epoch's
 //! secret. The key material never leaves memory unwrapped.
 //!
-//! Every sealed object has this layout (see `docs/format.md`):
+//! Every sealed object has one of two layouts (see `docs/format.md`). Objects
+//! sealed under a symmetric key of an epoch:
 //!
 //! ```text
 //! offset  size  field
@@ -17,32 +18,60 @@
 //! 33      n+16  AES-256-GCM-SIV ciphertext of the payload, tag last
 //! ```
 //!
+//! Chunks, trees and snapshots that a backup-only key writes are sealed to the
+//! epoch's content public key instead, under a key agreed with an X25519 key
+//! pair that the writing process makes once and never stores:
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     object format version (3)
+//! 1       4     epoch number, u32 little endian
+//! 5       32    the writer's ephemeral X25519 public key
+//! 37      16    salt
+//! 53      12    nonce
+//! 65      n+16  AES-256-GCM-SIV ciphertext of the payload, tag last
+//! ```
+//!
 //! The payload starts with a compression byte (0 = stored, 1 = zstd).
 
 mod material;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use x25519_dalek::{PublicKey, StaticSecret};
 
 pub use self::material::{
-    EpochSecret, KeyMaterial, MAX_EPOCHS, SealedMaterial, SlotSecret, generate_signing_key_pair,
-    generate_slot_key_pair, open_material, seal_material, unwrap_slot_secret, wrap_slot_secret,
+    BackupOnlyEpoch, BackupOnlyMaterial, EpochSecret, KeyMaterial, MAX_EPOCHS, SealedMaterial,
+    SlotMaterial, SlotSecret, generate_signing_key_pair, generate_slot_key_pair, open_material,
+    seal_material, unwrap_slot_secret, wrap_slot_secret,
 };
 
-/// Version byte at the start of every sealed object.
+/// Version byte of an object sealed under a symmetric key.
 pub const OBJECT_VERSION: u8 = 2;
+/// Version byte of an object sealed to an epoch's content public key.
+pub const PUBLIC_OBJECT_VERSION: u8 = 3;
 /// Bytes before the ciphertext: version, epoch, salt and nonce.
 pub const SEAL_HEADER_LEN: usize = 1 + 4 + 16 + 12;
-/// Bytes a sealed object adds to its payload: header and tag.
-pub const SEAL_OVERHEAD: usize = SEAL_HEADER_LEN + 16;
+/// Bytes before the ciphertext of an object sealed to a public key: the
+/// header above and the ephemeral public key.
+pub const PUBLIC_SEAL_HEADER_LEN: usize = SEAL_HEADER_LEN + 32;
+/// Bytes a sealed object adds to its payload at most: header and tag.
+pub const SEAL_OVERHEAD: usize = PUBLIC_SEAL_HEADER_LEN + 16;
+/// Most session keys of public-key objects that one [`Keys`] remembers.
+const MAX_REMEMBERED_SESSIONS: usize = 4096;
 
 /// Kind of a sealed object. It is part of the associated data, so an object of
-/// one kind is never accepted as another.
+/// one kind is never accepted as another. Chunks, trees and snapshots hold
+/// content and are sealed under the data and metadata keys; the other kinds
+/// only name blobs and files, and are sealed under the index key, which
+/// backup-only keys hold too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum ObjectKind {
@@ -84,19 +113,65 @@ pub enum CryptoError {
     /// when it was written after a rotation that this material predates.
     #[error("sealed under key epoch {0}, which the key material does not contain")]
     UnknownEpoch(u32),
+    /// A backup-only key was asked to open content, which only full keys can.
+    #[error(
+        "a backup-only key cannot open stored {0}: only a full key holds the keys that decrypt it"
+    )]
+    BackupOnly(&'static str),
 }
 
-/// The encryption and config MAC keys of one epoch.
+impl ObjectKind {
+    /// Returns true for the kinds that hold file content or names: chunks,
+    /// trees and snapshots.
+    pub fn holds_content(self) -> bool {
+        matches!(
+            self,
+            ObjectKind::Chunk | ObjectKind::Tree | ObjectKind::Snapshot
+        )
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            ObjectKind::Chunk => "file content",
+            ObjectKind::Tree => "directory trees",
+            ObjectKind::Snapshot => "snapshots",
+            _ => "objects",
+        }
+    }
+}
+
+/// The keys of one epoch.
 #[derive(Clone)]
 struct EpochKeys {
     epoch: u32,
-    data: [u8; 32],
-    metadata: [u8; 32],
-    config_mac: [u8; 32],
+    /// Seals index files, pack headers, locks and audit log entries.
+    index: [u8; 32],
+    /// X25519 public key to which backup-only keys seal content.
+    content_public: [u8; 32],
+    /// The keys that open content; `None` for a backup-only key.
+    content: Option<ContentKeys>,
 }
 
-/// The subkeys of a repository, derived from its key material. `Debug` is
-/// redacted.
+/// The keys of one epoch that only full keys hold.
+#[derive(Clone)]
+struct ContentKeys {
+    data: [u8; 32],
+    metadata: [u8; 32],
+    /// X25519 private key of `content_public`.
+    private: [u8; 32],
+}
+
+/// The key under which a backup-only process seals its content: agreed between
+/// an ephemeral X25519 key pair, whose private key is dropped at once, and the
+/// newest epoch's content public key.
+struct SealSession {
+    epoch: u32,
+    ephemeral: [u8; 32],
+    key: [u8; 32],
+}
+
+/// The subkeys of a repository, derived from its key material or from a
+/// backup-only key's material. `Debug` is redacted.
 #[derive(Clone)]
 pub struct Keys {
     /// Repository id, bound into every object's associated data.
@@ -104,17 +179,28 @@ pub struct Keys {
     chunk_id: [u8; 32],
     tree_id: [u8; 32],
     chunker: [u8; 32],
+    config_mac: [u8; 32],
     /// One entry per epoch, in ascending order. The last one seals.
     epochs: Vec<EpochKeys>,
+    /// Set for a backup-only key: the session that seals its content.
+    session: Option<Arc<SealSession>>,
+    /// Session keys of public-key objects opened so far, by epoch and
+    /// ephemeral public key, so that each writer costs one key agreement.
+    sessions: Arc<Mutex<HashMap<(u32, [u8; 32]), [u8; 32]>>>,
 }
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Keys(repo {}, epoch {}, <redacted>)",
+            "Keys(repo {}, epoch {}{}, <redacted>)",
             hex::encode(self.repo_id),
-            self.current_epoch()
+            self.current_epoch(),
+            if self.is_backup_only() {
+                ", backup-only"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -130,9 +216,13 @@ impl Keys {
                 let derive = |context: &str| blake3::derive_key(context, &epoch.secret);
                 EpochKeys {
                     epoch: epoch.epoch,
-                    data: derive("cairn 2026-12 v2 chunk encryption"),
-                    metadata: derive("cairn 2026-12 v2 metadata encryption"),
-                    config_mac: derive("cairn 2026-12 v2 config mac"),
+                    index: derive(material::INDEX_KEY_CONTEXT),
+                    content_public: epoch.content_public(),
+                    content: Some(ContentKeys {
+                        data: derive("cairn 2026-12 v2 chunk encryption"),
+                        metadata: derive("cairn 2026-12 v2 metadata encryption"),
+                        private: epoch.content_private(),
+                    }),
                 }
             })
             .collect();
@@ -141,8 +231,61 @@ impl Keys {
             chunk_id: identity("cairn 2026-12 v2 chunk id"),
             tree_id: identity("cairn 2026-12 v2 tree id"),
             chunker: identity("cairn 2026-12 v2 chunker gear table"),
+            config_mac: blake3::derive_key(
+                material::CONFIG_MAC_CONTEXT,
+                &material.epochs[0].secret,
+            ),
             epochs,
+            session: None,
+            sessions: Arc::default(),
         }
+    }
+
+    /// Derives the subkeys of a backup-only key, and starts the session that
+    /// seals its content to the newest epoch's content public key.
+    pub fn derive_backup_only(
+        repo_id: [u8; 16],
+        material: &BackupOnlyMaterial,
+    ) -> Result<Self, CryptoError> {
+        let identity = |context: &str| blake3::derive_key(context, &material.identity);
+        let epochs: Vec<EpochKeys> = material
+            .epochs
+            .iter()
+            .map(|epoch| EpochKeys {
+                epoch: epoch.epoch,
+                index: epoch.index,
+                content_public: epoch.content_public,
+                content: None,
+            })
+            .collect();
+        let newest = epochs.last().ok_or_else(|| {
+            CryptoError::Malformed("backup-only key material without an epoch".into())
+        })?;
+        let ephemeral_secret = StaticSecret::from(material::random_secret());
+        let ephemeral = PublicKey::from(&ephemeral_secret).to_bytes();
+        let shared = ephemeral_secret.diffie_hellman(&PublicKey::from(newest.content_public));
+        let key = session_key(&shared, &ephemeral, &newest.content_public, newest.epoch)?;
+        let session = SealSession {
+            epoch: newest.epoch,
+            ephemeral,
+            key,
+        };
+        Ok(Self {
+            repo_id,
+            chunk_id: identity("cairn 2026-12 v2 chunk id"),
+            tree_id: identity("cairn 2026-12 v2 tree id"),
+            chunker: identity("cairn 2026-12 v2 chunker gear table"),
+            config_mac: material.config_mac,
+            epochs,
+            session: Some(Arc::new(session)),
+            sessions: Arc::default(),
+        })
+    }
+
+    /// Returns true for the keys of a backup-only key slot, which seal new
+    /// content but open none.
+    pub fn is_backup_only(&self) -> bool {
+        self.session.is_some()
     }
 
     /// Returns the epoch that seals new objects.
@@ -183,7 +326,7 @@ impl Keys {
     /// config MAC key of the oldest epoch. `init` writes the config with its only
     /// epoch, and no epoch is ever removed, so later epochs do not change it.
     pub fn config_mac(&self, encoded: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.epochs[0].config_mac, encoded).as_bytes()
+        *blake3::keyed_hash(&self.config_mac, encoded).as_bytes()
     }
 
     /// Fills a 256-entry gear table for the chunker from the chunker key, so that
@@ -243,16 +386,33 @@ impl Keys {
 
         // Each object gets its own key from a random salt, and GCM-SIV stays
         // safe if a nonce ever repeats, so no nonce counter has to be kept.
-        let epoch = self.current();
-        let cipher = object_cipher(epoch.key_for(kind), &salt);
-        let aad = self.associated_data(kind, id, epoch.epoch);
+        let current = self.current();
+        let (version, epoch, ephemeral, key) = match (&self.session, kind.holds_content()) {
+            (Some(session), true) => (
+                PUBLIC_OBJECT_VERSION,
+                session.epoch,
+                Some(session.ephemeral),
+                &session.key,
+            ),
+            _ => (
+                OBJECT_VERSION,
+                current.epoch,
+                None,
+                current.symmetric_key(kind)?,
+            ),
+        };
+        let cipher = object_cipher(key, &salt);
+        let aad = self.associated_data(kind, id, version, epoch);
         cipher
             .encrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
             .map_err(|_| CryptoError::Malformed("payload too large to encrypt".into()))?;
 
-        let mut out = Vec::with_capacity(SEAL_HEADER_LEN + payload.len());
-        out.push(OBJECT_VERSION);
-        out.extend_from_slice(&epoch.epoch.to_le_bytes());
+        let mut out = Vec::with_capacity(PUBLIC_SEAL_HEADER_LEN + payload.len());
+        out.push(version);
+        out.extend_from_slice(&epoch.to_le_bytes());
+        if let Some(ephemeral) = ephemeral {
+            out.extend_from_slice(&ephemeral);
+        }
         out.extend_from_slice(&salt);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&payload);
@@ -271,27 +431,49 @@ impl Keys {
         sealed: &[u8],
         max_len: usize,
     ) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < SEAL_OVERHEAD + 1 {
+        let header_len = match sealed.first() {
+            Some(&OBJECT_VERSION) => SEAL_HEADER_LEN,
+            Some(&PUBLIC_OBJECT_VERSION) => PUBLIC_SEAL_HEADER_LEN,
+            Some(other) => {
+                return Err(CryptoError::Malformed(format!(
+                    "unknown object version {other}"
+                )));
+            }
+            None => return Err(CryptoError::Malformed("empty object".into())),
+        };
+        if sealed.len() < header_len + 16 + 1 {
             return Err(CryptoError::Malformed(format!(
                 "{} bytes is shorter than the {} byte minimum",
                 sealed.len(),
-                SEAL_OVERHEAD + 1
+                header_len + 16 + 1
             )));
         }
-        if sealed[0] != OBJECT_VERSION {
-            return Err(CryptoError::Malformed(format!(
-                "unknown object version {}",
-                sealed[0]
-            )));
-        }
+        let version = sealed[0];
         let epoch = sealed_epoch(sealed).expect("length checked above");
-        let salt: [u8; 16] = sealed[5..21].try_into().expect("16-byte slice");
-        let nonce: [u8; 12] = sealed[21..33].try_into().expect("12-byte slice");
-        let mut payload = sealed[SEAL_HEADER_LEN..].to_vec();
-
         let keys = self.epoch(epoch)?;
-        let cipher = object_cipher(keys.key_for(kind), &salt);
-        let aad = self.associated_data(kind, id, epoch);
+        let session;
+        let key = if version == PUBLIC_OBJECT_VERSION {
+            if !kind.holds_content() {
+                return Err(CryptoError::Malformed(format!(
+                    "a {kind:?} object sealed to a public key"
+                )));
+            }
+            let ephemeral: [u8; 32] = sealed[5..37].try_into().expect("32-byte slice");
+            session = self.open_session(keys, kind, ephemeral)?;
+            &session
+        } else {
+            keys.symmetric_key(kind)?
+        };
+        let salt: [u8; 16] = sealed[header_len - 28..header_len - 12]
+            .try_into()
+            .expect("16-byte slice");
+        let nonce: [u8; 12] = sealed[header_len - 12..header_len]
+            .try_into()
+            .expect("12-byte slice");
+        let mut payload = sealed[header_len..].to_vec();
+
+        let cipher = object_cipher(key, &salt);
+        let aad = self.associated_data(kind, id, version, epoch);
         cipher
             .decrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
             .map_err(|_| CryptoError::Authentication)?;
@@ -315,25 +497,81 @@ impl Keys {
         }
     }
 
-    fn associated_data(&self, kind: ObjectKind, id: &[u8; 32], epoch: u32) -> Vec<u8> {
+    /// Returns the session key of an object sealed to `keys`' content public
+    /// key by the writer whose ephemeral public key is `ephemeral`.
+    fn open_session(
+        &self,
+        keys: &EpochKeys,
+        kind: ObjectKind,
+        ephemeral: [u8; 32],
+    ) -> Result<[u8; 32], CryptoError> {
+        let content = keys
+            .content
+            .as_ref()
+            .ok_or(CryptoError::BackupOnly(kind.noun()))?;
+        let mut sessions = self.sessions.lock().expect("session cache lock");
+        if let Some(key) = sessions.get(&(keys.epoch, ephemeral)) {
+            return Ok(*key);
+        }
+        let shared =
+            StaticSecret::from(content.private).diffie_hellman(&PublicKey::from(ephemeral));
+        let key = session_key(&shared, &ephemeral, &keys.content_public, keys.epoch)?;
+        if sessions.len() >= MAX_REMEMBERED_SESSIONS {
+            sessions.clear();
+        }
+        sessions.insert((keys.epoch, ephemeral), key);
+        Ok(key)
+    }
+
+    fn associated_data(&self, kind: ObjectKind, id: &[u8; 32], version: u8, epoch: u32) -> Vec<u8> {
         let mut aad = Vec::with_capacity(5 + 16 + 1 + 32 + 1 + 4);
         aad.extend_from_slice(b"cairn");
         aad.extend_from_slice(&self.repo_id);
         aad.push(kind as u8);
         aad.extend_from_slice(id);
-        aad.push(OBJECT_VERSION);
+        aad.push(version);
         aad.extend_from_slice(&epoch.to_le_bytes());
         aad
     }
 }
 
 impl EpochKeys {
-    fn key_for(&self, kind: ObjectKind) -> &[u8; 32] {
-        match kind {
-            ObjectKind::Chunk => &self.data,
-            _ => &self.metadata,
+    /// Returns the symmetric key that seals objects of `kind`, or an error for
+    /// content when only the index key is held.
+    fn symmetric_key(&self, kind: ObjectKind) -> Result<&[u8; 32], CryptoError> {
+        if !kind.holds_content() {
+            return Ok(&self.index);
         }
+        let content = self
+            .content
+            .as_ref()
+            .ok_or(CryptoError::BackupOnly(kind.noun()))?;
+        Ok(match kind {
+            ObjectKind::Chunk => &content.data,
+            _ => &content.metadata,
+        })
     }
+}
+
+/// Derives the key of a public-key seal from the X25519 shared secret, both
+/// public keys and the epoch, and rejects a shared secret that a low-order
+/// point forced.
+fn session_key(
+    shared: &x25519_dalek::SharedSecret,
+    ephemeral: &[u8; 32],
+    content_public: &[u8; 32],
+    epoch: u32,
+) -> Result<[u8; 32], CryptoError> {
+    if !shared.was_contributory() {
+        return Err(CryptoError::Authentication);
+    }
+    let mut hasher =
+        blake3::Hasher::new_derive_key("cairn 2026-12 v4 content sealed to a public key");
+    hasher.update(shared.as_bytes());
+    hasher.update(ephemeral);
+    hasher.update(content_public);
+    hasher.update(&epoch.to_le_bytes());
+    Ok(*hasher.finalize().as_bytes())
 }
 
 /// Returns the epoch number in a sealed object's header, or `None` when the bytes

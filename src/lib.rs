@@ -15,6 +15,7 @@ pub mod exclude;
 pub mod fuse;
 pub mod id;
 pub mod meta;
+pub mod parent_record;
 pub mod progress;
 pub mod prune;
 pub mod repair;

@@ -71,7 +71,7 @@ struct Known {
 /// holder who swaps a slot's key in the key file cannot sign in its name.
 pub fn verify(repo: &Repository, remembered: Option<&RememberedHead>) -> VerifyResult {
     let key_file = repo.key_file()?;
-    let bound = key_file.bound_signing_keys(repo.material());
+    let bound = key_file.bound_signing_keys(repo.full_material("verify the audit log")?);
     let listing = list_entries(repo.backend())?;
     let names = listing.entries;
     if let Some(name) = listing.others.into_iter().next() {

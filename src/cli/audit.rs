@@ -30,6 +30,14 @@ pub struct AuditArgs {
     json: bool,
 }
 
+impl AuditArgs {
+    /// Returns true for `audit verify`, which needs the key material to check
+    /// which signing keys a key holder added.
+    pub fn verifies(&self) -> bool {
+        matches!(self.command, Some(AuditCommand::Verify))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Check every entry's seal, signature, sequence number and link, and that
@@ -163,7 +171,9 @@ pub(super) fn end(result: &anyhow::Result<i32>) {
             let refused = error.chain().any(|cause| {
                 matches!(
                     cause.downcast_ref::<RepoError>(),
-                    Some(RepoError::Locked(_) | RepoError::KeySlot(_))
+                    Some(
+                        RepoError::Locked(_) | RepoError::KeySlot(_) | RepoError::BackupOnly { .. }
+                    )
                 )
             });
             if refused {

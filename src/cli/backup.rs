@@ -150,7 +150,10 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
         audit::arg("tag", tag);
     }
     let parent = match &args.parent {
-        Some(spec) => Some(repo.find_snapshot(spec)?.0),
+        Some(spec) => {
+            repo.require_full_key("read the snapshot given with --parent")?;
+            Some(repo.find_snapshot(spec)?.0)
+        }
         None => None,
     };
     let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("files"));

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 
 use super::{Cli, EXIT_OK, audit, open_with_password};
 use crate::audit::{ARG_SIGNING_KEY, ARG_SLOT};
+use crate::repository::SlotKind;
 
 #[derive(Debug, Args)]
 pub struct KeyArgs {
@@ -25,6 +26,22 @@ impl KeyArgs {
     }
 }
 
+impl KeyArgs {
+    /// Returns what the command does that a backup-only key may not, or
+    /// `None` for `key list`.
+    pub fn needs_full_key(&self) -> Option<&'static str> {
+        match self.command {
+            KeyCommand::List => None,
+            KeyCommand::Add { .. } => Some("add keys"),
+            KeyCommand::Remove { .. } => Some("remove keys"),
+            KeyCommand::Passwd { .. } => {
+                Some("change its own password (a full key holder can remove it and add it again)")
+            }
+            KeyCommand::Rotate => Some("rotate the key"),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
     /// List the key slots with their names, creation times and creators.
@@ -37,6 +54,11 @@ enum KeyCommand {
         /// File whose first line is the new password; otherwise a prompt.
         #[arg(long)]
         new_password_file: Option<PathBuf>,
+        /// Make a key that can only add backups: it deduplicates against what
+        /// is stored, but cannot open any stored file, tree or snapshot, and
+        /// cannot forget, prune or change keys.
+        #[arg(long)]
+        backup_only: bool,
     },
     /// Remove a key slot; its password stops working at once.
     Remove {
@@ -98,8 +120,8 @@ pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
     match &args.command {
         KeyCommand::List => {
             println!(
-                "{:<2} {:<24} {:<21} created by",
-                "", "name", "created (UTC)"
+                "{:<2} {:<24} {:<12} {:<21} created by",
+                "", "name", "kind", "created (UTC)"
             );
             for slot in repo.key_file()?.slots {
                 let current = if slot.name == repo.slot_name() {
@@ -108,8 +130,9 @@ pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
                     ""
                 };
                 println!(
-                    "{current:<2} {:<24} {:<21} {}",
+                    "{current:<2} {:<24} {:<12} {:<21} {}",
                     slot.name,
+                    slot.kind.label(),
                     slot.created.to_rfc3339(),
                     slot.created_by
                 );
@@ -118,13 +141,21 @@ pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
         KeyCommand::Add {
             name,
             new_password_file,
+            backup_only,
         } => {
+            repo.require_full_key("add keys")?;
             let password = new_password(new_password_file.as_ref())?;
+            let kind = if *backup_only {
+                SlotKind::BackupOnly
+            } else {
+                SlotKind::Full
+            };
             audit::arg(ARG_SLOT, name);
-            let signing_public = repo.add_key(name, &password)?;
+            audit::arg("kind", kind.label());
+            let signing_public = repo.add_key(name, &password, kind)?;
             audit::arg(ARG_SIGNING_KEY, hex::encode(signing_public));
             audit::commit_ok();
-            println!("added key {name:?}");
+            println!("added {} key {name:?}", kind.label());
         }
         KeyCommand::Remove { name } => {
             audit::arg("removed", name);

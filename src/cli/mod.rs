@@ -363,18 +363,85 @@ fn open_with_password(cli: &Cli) -> anyhow::Result<(Repository, Vec<u8>)> {
     let password = password(cli, false)?;
     let repo = Repository::open(backend, &password)?;
     audit::attach(&repo);
+    if let Some(operation) = needs_full_key(&cli.command)
+        && let Err(refusal) = repo.require_full_key(operation)
+    {
+        // Commands that only read leave no entry when they succeed, but a
+        // backup-only key trying one is worth a trace.
+        if audited_operation(&cli.command).is_none() {
+            audit::write_to(
+                &repo,
+                crate::audit::Record {
+                    operation: command_name(&cli.command).to_string(),
+                    args: Vec::new(),
+                    outcome: crate::audit::Outcome::Refused(refusal.to_string()),
+                },
+            );
+        }
+        return Err(refusal.into());
+    }
     Ok((repo, password))
 }
 
-/// Opens the repository at `value`, a directory or an `s3:` URL, failing with
-/// [`RepoError::NotFound`] if there is none.
-fn open_at(value: &Path, password: &[u8]) -> anyhow::Result<Repository> {
+/// Returns the name of a command that the audit log does not record when it
+/// succeeds.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Snapshots(_) => "snapshots",
+        Command::Ls(_) => "ls",
+        Command::Diff(_) => "diff",
+        Command::Audit(args) if args.verifies() => "audit verify",
+        Command::Audit(_) => "audit",
+        Command::Key(_) => "key list",
+        _ => "other",
+    }
+}
+
+/// Returns what a command does that a backup-only key may not, or `None` for
+/// the commands that it may run: `backup`, `run` (whose forget step is a
+/// command of its own), `key list` and `audit`.
+///
+/// The keys enforce the same: a backup-only key holds no key that opens a
+/// stored chunk, tree or snapshot. This check only turns the failure into a
+/// message that names the key, before any work.
+fn needs_full_key(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Backup(_) | Command::Run(_) => None,
+        Command::Key(args) => args.needs_full_key(),
+        Command::Audit(args) if args.verifies() => Some("verify the audit log"),
+        Command::Audit(_) => None,
+        Command::Snapshots(_) => Some("list snapshots"),
+        Command::Ls(_) => Some("list the files of a snapshot"),
+        Command::Restore(_) => Some("restore"),
+        Command::Diff(_) => Some("compare snapshots"),
+        Command::Mount(_) => Some("mount snapshots"),
+        Command::Check(_) => Some("check the repository"),
+        Command::Copy(_) => Some("copy snapshots"),
+        Command::Forget(_) => Some("forget snapshots"),
+        Command::Prune(_) => Some("prune"),
+        Command::Repair(_) => Some("repair the repository"),
+        Command::Unlock(_) => Some("remove locks"),
+        Command::Init(_) => Some("share its keys with a new repository"),
+        Command::Serve(_)
+        | Command::Config(_)
+        | Command::Schedule(_)
+        | Command::Completions(_)
+        | Command::Man(_) => None,
+    }
+}
+
+/// Opens the repository at `value`, a directory or an `s3:` URL, for
+/// `operation`, which needs a full key. Fails with [`RepoError::NotFound`] if
+/// there is no repository.
+fn open_at(value: &Path, password: &[u8], operation: &str) -> anyhow::Result<Repository> {
     let location = Location::parse(value.as_os_str())?;
     let backend = location.connect()?;
     if !Repository::exists(backend.as_ref())? {
         return Err(RepoError::NotFound(location.to_string()).into());
     }
-    Ok(Repository::open(backend, password)?)
+    let repo = Repository::open(backend, password)?;
+    repo.require_full_key(operation)?;
+    Ok(repo)
 }
 
 #[derive(Debug, Args)]
@@ -404,7 +471,12 @@ fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
                 },
                 false,
             )?;
-            let repo = open_at(like_path, &like_password).with_context(|| {
+            let repo = open_at(
+                like_path,
+                &like_password,
+                "share its keys with a new repository",
+            )
+            .with_context(|| {
                 format!("cannot open the --like repository {}", like_path.display())
             })?;
             Some(repo)

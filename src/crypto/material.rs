@@ -70,7 +70,7 @@ impl fmt::Debug for KeyMaterial {
     }
 }
 
-fn random_secret() -> [u8; 32] {
+pub(crate) fn random_secret() -> [u8; 32] {
     let mut secret = [0u8; 32];
     rand::rng().fill(&mut secret);
     secret
@@ -122,18 +122,7 @@ impl KeyMaterial {
     /// Checks that there is at least one epoch, at most [`MAX_EPOCHS`], and that
     /// the numbers ascend strictly.
     pub fn validate(&self) -> Result<(), CryptoError> {
-        if self.epochs.is_empty() || self.epochs.len() > MAX_EPOCHS {
-            return Err(CryptoError::Malformed(format!(
-                "key material with {} epochs; 1 to {MAX_EPOCHS} are valid",
-                self.epochs.len()
-            )));
-        }
-        if self.epochs.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
-            return Err(CryptoError::Malformed(
-                "key material epochs are not in ascending order".into(),
-            ));
-        }
-        Ok(())
+        validate_epoch_numbers(self.epochs.iter().map(|e| e.epoch))
     }
 
     /// Computes the anchor: a hash of the parts that no rotation changes, the
@@ -173,6 +162,134 @@ impl KeyMaterial {
         hasher.update(&first.secret);
         *hasher.finalize().as_bytes()
     }
+}
+
+/// What a backup-only key slot holds instead of the key material: enough to
+/// chunk, compute ids, read the index and seal new content, and nothing that
+/// opens stored content. `Debug` is redacted.
+///
+/// The identity secret gives the same chunk and tree ids as a full key, so new
+/// backups deduplicate against what is stored. The index key of each epoch
+/// opens index files, pack headers, locks and audit log entries, which name
+/// blobs but hold no content. Chunks, trees and snapshots are sealed to the
+/// newest epoch's content public key; its private key derives from the epoch
+/// secret, which only full keys hold.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BackupOnlyMaterial {
+    /// Secret of the chunk-id, tree-id and chunker keys.
+    pub identity: [u8; 32],
+    /// Config MAC key of the first epoch, which checks the config.
+    pub config_mac: [u8; 32],
+    /// One entry per epoch of the full key material, in the same order.
+    pub epochs: Vec<BackupOnlyEpoch>,
+}
+
+/// The part of one encryption epoch that a backup-only key holds.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BackupOnlyEpoch {
+    /// Epoch number.
+    pub epoch: u32,
+    /// Index key of the epoch, derived from its secret.
+    pub index: [u8; 32],
+    /// X25519 public key of the epoch's content key pair.
+    pub content_public: [u8; 32],
+}
+
+impl fmt::Debug for BackupOnlyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let epochs: Vec<u32> = self.epochs.iter().map(|e| e.epoch).collect();
+        write!(f, "BackupOnlyMaterial(epochs {epochs:?}, <redacted>)")
+    }
+}
+
+/// Derivation context of an epoch's index key.
+pub const INDEX_KEY_CONTEXT: &str = "cairn 2026-12 v4 index encryption";
+/// Derivation context of an epoch's config MAC key.
+pub const CONFIG_MAC_CONTEXT: &str = "cairn 2026-12 v2 config mac";
+/// Derivation context of an epoch's X25519 content private key.
+const CONTENT_PRIVATE_CONTEXT: &str = "cairn 2026-12 v4 content private key";
+
+impl EpochSecret {
+    /// Derives the X25519 private key to which backup-only keys seal content.
+    pub fn content_private(&self) -> [u8; 32] {
+        StaticSecret::from(blake3::derive_key(CONTENT_PRIVATE_CONTEXT, &self.secret)).to_bytes()
+    }
+
+    /// Derives the X25519 public key to which backup-only keys seal content.
+    pub fn content_public(&self) -> [u8; 32] {
+        PublicKey::from(&StaticSecret::from(self.content_private())).to_bytes()
+    }
+}
+
+impl KeyMaterial {
+    /// Returns what a backup-only key slot holds of this key material.
+    pub fn backup_only(&self) -> BackupOnlyMaterial {
+        BackupOnlyMaterial {
+            identity: self.identity,
+            config_mac: blake3::derive_key(CONFIG_MAC_CONTEXT, &self.epochs[0].secret),
+            epochs: self
+                .epochs
+                .iter()
+                .map(|epoch| BackupOnlyEpoch {
+                    epoch: epoch.epoch,
+                    index: blake3::derive_key(INDEX_KEY_CONTEXT, &epoch.secret),
+                    content_public: epoch.content_public(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl BackupOnlyMaterial {
+    /// Computes the anchor of a backup-only slot: a hash of the parts that no
+    /// rotation changes, the identity secret, the config MAC key and the first
+    /// epoch. Only a full key holder can make material with a given anchor.
+    pub fn anchor(&self) -> [u8; 32] {
+        let first = &self.epochs[0];
+        let mut hasher = blake3::Hasher::new_derive_key("cairn 2026-12 v4 backup-only anchor");
+        hasher.update(&self.identity);
+        hasher.update(&self.config_mac);
+        hasher.update(&first.epoch.to_le_bytes());
+        hasher.update(&first.index);
+        hasher.update(&first.content_public);
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// Key material of either kind, as a slot stores it.
+pub trait SlotMaterial: Serialize + serde::de::DeserializeOwned {
+    /// Checks the epoch count and order.
+    fn validate(&self) -> Result<(), CryptoError>;
+}
+
+impl SlotMaterial for KeyMaterial {
+    fn validate(&self) -> Result<(), CryptoError> {
+        KeyMaterial::validate(self)
+    }
+}
+
+impl SlotMaterial for BackupOnlyMaterial {
+    fn validate(&self) -> Result<(), CryptoError> {
+        validate_epoch_numbers(self.epochs.iter().map(|e| e.epoch))
+    }
+}
+
+/// Checks that there is at least one epoch, at most [`MAX_EPOCHS`], and that
+/// the numbers ascend strictly.
+fn validate_epoch_numbers(numbers: impl Iterator<Item = u32>) -> Result<(), CryptoError> {
+    let numbers: Vec<u32> = numbers.collect();
+    if numbers.is_empty() || numbers.len() > MAX_EPOCHS {
+        return Err(CryptoError::Malformed(format!(
+            "key material with {} epochs; 1 to {MAX_EPOCHS} are valid",
+            numbers.len()
+        )));
+    }
+    if numbers.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(CryptoError::Malformed(
+            "key material epochs are not in ascending order".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Key material sealed to one slot's X25519 public key.
@@ -242,10 +359,10 @@ fn material_cipher(
 
 /// Seals key material to a slot's public key. `binding` is authenticated as
 /// associated data.
-pub fn seal_material(
+pub fn seal_material<M: SlotMaterial>(
     public: &[u8; 32],
     binding: &[u8],
-    material: &KeyMaterial,
+    material: &M,
 ) -> Result<SealedMaterial, CryptoError> {
     let ephemeral_secret = StaticSecret::from(random_secret());
     let ephemeral = PublicKey::from(&ephemeral_secret).to_bytes();
@@ -267,19 +384,19 @@ pub fn seal_material(
 
 /// Opens key material sealed to the key pair `private` and `public`, and
 /// validates it.
-pub fn open_material(
+pub fn open_material<M: SlotMaterial>(
     private: &[u8; 32],
     public: &[u8; 32],
     binding: &[u8],
     sealed: &SealedMaterial,
-) -> Result<KeyMaterial, CryptoError> {
+) -> Result<M, CryptoError> {
     let shared = StaticSecret::from(*private).diffie_hellman(&PublicKey::from(sealed.ephemeral));
     let cipher = material_cipher(&shared, &sealed.ephemeral, public)?;
     let mut buffer = sealed.ciphertext.clone();
     cipher
         .decrypt_in_place(&Nonce::from(sealed.nonce), binding, &mut buffer)
         .map_err(|_| CryptoError::Authentication)?;
-    let material: KeyMaterial =
+    let material: M =
         postcard::from_bytes(&buffer).map_err(|e| CryptoError::Malformed(e.to_string()))?;
     material.validate()?;
     Ok(material)
@@ -344,7 +461,7 @@ mod tests {
         let material = KeyMaterial::generate();
         let (private, public) = generate_slot_key_pair();
         let sealed = seal_material(&public, b"slot", &material).unwrap();
-        let opened = open_material(&private, &public, b"slot", &sealed).unwrap();
+        let opened: KeyMaterial = open_material(&private, &public, b"slot", &sealed).unwrap();
         assert_eq!(opened.identity, material.identity);
         assert_eq!(opened.newest().secret, material.newest().secret);
     }
@@ -355,7 +472,9 @@ mod tests {
         let (_, public) = generate_slot_key_pair();
         let (other_private, other_public) = generate_slot_key_pair();
         let sealed = seal_material(&public, b"slot", &material).unwrap();
-        assert!(open_material(&other_private, &other_public, b"slot", &sealed).is_err());
+        assert!(
+            open_material::<KeyMaterial>(&other_private, &other_public, b"slot", &sealed).is_err()
+        );
     }
 
     #[test]
@@ -363,7 +482,7 @@ mod tests {
         let material = KeyMaterial::generate();
         let (private, public) = generate_slot_key_pair();
         let sealed = seal_material(&public, b"slot a", &material).unwrap();
-        assert!(open_material(&private, &public, b"slot b", &sealed).is_err());
+        assert!(open_material::<KeyMaterial>(&private, &public, b"slot b", &sealed).is_err());
     }
 
     #[test]

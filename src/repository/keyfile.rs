@@ -12,7 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{self, CryptoError, KdfParams, KeyMaterial, SealedMaterial, SlotSecret};
+use crate::crypto::{
+    self, BackupOnlyMaterial, CryptoError, KdfParams, KeyMaterial, SealedMaterial, SlotSecret,
+};
 use crate::tree::Timestamp;
 
 const KEY_MAGIC: &[u8; 8] = b"CAIRNKEY";
@@ -24,11 +26,32 @@ const MAX_KEY_FILE_LEN: usize = 1 << 20;
 /// name, so the limit keeps the file far below [`MAX_KEY_FILE_LEN`].
 const MAX_RETIRED: usize = 4096;
 
+/// What a key slot's password gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotKind {
+    /// The whole key material: every operation.
+    Full,
+    /// [`BackupOnlyMaterial`]: new backups only; nothing stored can be opened.
+    BackupOnly,
+}
+
+impl SlotKind {
+    /// Returns the name that `key list` shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            SlotKind::Full => "full",
+            SlotKind::BackupOnly => "backup-only",
+        }
+    }
+}
+
 /// One named key slot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeySlot {
     /// Slot name, unique within the file.
     pub name: String,
+    /// What the slot's material is.
+    pub kind: SlotKind,
     /// When the slot was added.
     pub created: Timestamp,
     /// `user@host` that added the slot.
@@ -49,7 +72,8 @@ pub struct KeySlot {
     /// MAC of both public keys under a key derived from the key material, which
     /// shows that a key holder added the slot.
     pub public_mac: [u8; 32],
-    /// The key material, sealed to `public`.
+    /// The key material, or for a backup-only slot its [`BackupOnlyMaterial`],
+    /// sealed to `public`.
     pub material: SealedMaterial,
 }
 
@@ -91,11 +115,20 @@ pub struct KeyFile {
     pub retired: Vec<RetiredKey>,
 }
 
+/// The material that a slot's password unlocks.
+#[derive(Clone, Debug)]
+pub enum Unlocked {
+    /// The repository's key material.
+    Full(KeyMaterial),
+    /// What a backup-only slot holds.
+    BackupOnly(BackupOnlyMaterial),
+}
+
 /// Key material, slot name and signing key that one slot's password unlocks.
 #[derive(Debug)]
 pub struct UnlockedSlot {
-    /// The repository's key material.
-    pub material: KeyMaterial,
+    /// What the slot holds.
+    pub material: Unlocked,
     /// Name of the slot.
     pub name: String,
     /// The slot's Ed25519 secret key.
@@ -139,26 +172,52 @@ impl KeyFile {
         material: &KeyMaterial,
         kdf: KdfParams,
     ) -> Result<(), CryptoError> {
+        self.add_slot(name, password, material, SlotKind::Full, kdf)
+    }
+
+    /// Adds a slot of `kind` that opens with `password`. A backup-only slot
+    /// gets only [`KeyMaterial::backup_only`] of `material`.
+    pub fn add_slot(
+        &mut self,
+        name: &str,
+        password: &[u8],
+        material: &KeyMaterial,
+        kind: SlotKind,
+        kdf: KdfParams,
+    ) -> Result<(), CryptoError> {
         let mut salt = [0u8; 16];
         rand::RngExt::fill(&mut rand::rng(), &mut salt);
         let kek = kdf.derive(password, &salt)?;
         let (private, public) = crypto::generate_slot_key_pair();
         let (signing, signing_public) = crypto::generate_signing_key_pair();
+        let binding = material_binding(&self.repo_id, name);
+        let (anchor, sealed) = match kind {
+            SlotKind::Full => (
+                material.anchor(),
+                crypto::seal_material(&public, &binding, material)?,
+            ),
+            SlotKind::BackupOnly => {
+                let backup_only = material.backup_only();
+                (
+                    backup_only.anchor(),
+                    crypto::seal_material(&public, &binding, &backup_only)?,
+                )
+            }
+        };
         let secret = SlotSecret {
             private,
-            anchor: material.anchor(),
+            anchor,
             signing,
         };
         let (nonce, wrapped) =
             crypto::wrap_slot_secret(&kek, &slot_binding(&self.repo_id, name), &secret)?;
-        let sealed =
-            crypto::seal_material(&public, &material_binding(&self.repo_id, name), material)?;
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
         self.slots.push(KeySlot {
             name: name.to_string(),
+            kind,
             created: Timestamp::now(),
             created_by: format!("{user}@{host}"),
             kdf,
@@ -187,24 +246,36 @@ impl KeyFile {
                 )));
             }
         }
+        let backup_only = material.backup_only();
         for slot in &mut self.slots {
             let binding = material_binding(&self.repo_id, &slot.name);
-            slot.material = crypto::seal_material(&slot.public, &binding, material)?;
+            slot.material = match slot.kind {
+                SlotKind::Full => crypto::seal_material(&slot.public, &binding, material)?,
+                SlotKind::BackupOnly => {
+                    crypto::seal_material(&slot.public, &binding, &backup_only)?
+                }
+            };
         }
         Ok(())
     }
 
     /// Tries each slot with the password and returns the key material of the
-    /// first that accepts it, and that slot's name. `Authentication` means that
-    /// no slot accepts the password. A slot that accepts it but whose key
-    /// material does not open or does not match its anchor is damage (`Malformed`),
-    /// because its private key opened with the password.
+    /// first full slot that accepts it, and that slot's name. `Authentication`
+    /// means that no slot accepts the password. A slot that accepts it but whose
+    /// key material does not open or does not match its anchor is damage
+    /// (`Malformed`), because its private key opened with the password. A
+    /// backup-only slot that accepts the password is an error too, since it
+    /// holds no key material.
     pub fn unlock(&self, password: &[u8]) -> Result<(KeyMaterial, String), CryptoError> {
-        self.unlock_slot(password)
-            .map(|unlocked| (unlocked.material, unlocked.name))
+        let unlocked = self.unlock_slot(password)?;
+        match unlocked.material {
+            Unlocked::Full(material) => Ok((material, unlocked.name)),
+            Unlocked::BackupOnly(_) => Err(CryptoError::BackupOnly("key material")),
+        }
     }
 
-    /// Unlocks like [`KeyFile::unlock`], and also returns the slot's signing key.
+    /// Unlocks like [`KeyFile::unlock`], also a backup-only slot, and returns
+    /// the slot's signing key too.
     pub fn unlock_slot(&self, password: &[u8]) -> Result<UnlockedSlot, CryptoError> {
         for slot in &self.slots {
             // A slot with unusable parameters must not lock out the others.
@@ -221,24 +292,50 @@ impl KeyFile {
                 continue;
             };
             let binding = material_binding(&self.repo_id, &slot.name);
-            let material =
-                crypto::open_material(&secret.private, &slot.public, &binding, &slot.material)
-                    .map_err(|e| {
-                        CryptoError::Malformed(format!(
-                            "the key material of slot {:?} does not open: {e}",
-                            slot.name
-                        ))
-                    })?;
-            // Anyone can seal material to a public key, so only material with the
-            // identity and first epoch that the password protects is accepted.
-            if material.anchor() != secret.anchor
-                || !slot_mac_matches(&material, &self.repo_id, slot)
-            {
-                return Err(CryptoError::Malformed(format!(
+            let does_not_open = |e: CryptoError| {
+                CryptoError::Malformed(format!(
+                    "the key material of slot {:?} does not open: {e}",
+                    slot.name
+                ))
+            };
+            let replaced = || {
+                CryptoError::Malformed(format!(
                     "the key material of slot {:?} was replaced: it does not match the anchor that the password protects",
                     slot.name
-                )));
-            }
+                ))
+            };
+            // Anyone can seal material to a public key, so only material with the
+            // identity and first epoch that the password protects is accepted.
+            let material = match slot.kind {
+                SlotKind::Full => {
+                    let material: KeyMaterial = crypto::open_material(
+                        &secret.private,
+                        &slot.public,
+                        &binding,
+                        &slot.material,
+                    )
+                    .map_err(does_not_open)?;
+                    if material.anchor() != secret.anchor
+                        || !slot_mac_matches(&material, &self.repo_id, slot)
+                    {
+                        return Err(replaced());
+                    }
+                    Unlocked::Full(material)
+                }
+                SlotKind::BackupOnly => {
+                    let material: BackupOnlyMaterial = crypto::open_material(
+                        &secret.private,
+                        &slot.public,
+                        &binding,
+                        &slot.material,
+                    )
+                    .map_err(does_not_open)?;
+                    if material.anchor() != secret.anchor {
+                        return Err(replaced());
+                    }
+                    Unlocked::BackupOnly(material)
+                }
+            };
             let signing_public = ed25519_dalek::SigningKey::from_bytes(&secret.signing)
                 .verifying_key()
                 .to_bytes();
@@ -347,9 +444,15 @@ impl super::Repository {
         self.write_file("keys", &file.encode())
     }
 
-    /// Adds a key slot named `name` that opens the repository with `password`,
-    /// and returns its signing public key.
-    pub fn add_key(&self, name: &str, password: &[u8]) -> Result<[u8; 32], super::RepoError> {
+    /// Adds a key slot of `kind` named `name` that opens the repository with
+    /// `password`, and returns its signing public key.
+    pub fn add_key(
+        &self,
+        name: &str,
+        password: &[u8],
+        kind: SlotKind,
+    ) -> Result<[u8; 32], super::RepoError> {
+        let material = self.full_material("add keys")?;
         validate_slot_name(name)?;
         let mut file = self.key_file()?;
         if file.slots.iter().any(|s| s.name == name) {
@@ -362,7 +465,7 @@ impl super::Repository {
                 "the key file already contains the maximum of {MAX_SLOTS} keys: remove one first"
             )));
         }
-        file.add_password_slot(name, password, &self.material, KdfParams::DEFAULT)
+        file.add_slot(name, password, material, kind, KdfParams::DEFAULT)
             .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
         let signing_public = file.slots.last().expect("slot just added").signing_public;
         self.write_key_file(&file)?;
@@ -372,6 +475,7 @@ impl super::Repository {
     /// Removes the key slot `name`; its password stops working at once. The last
     /// slot cannot be removed, since the repository could never be opened again.
     pub fn remove_key(&self, name: &str) -> Result<(), super::RepoError> {
+        self.require_full_key("remove keys")?;
         let mut file = self.key_file()?;
         let Some(position) = file.slots.iter().position(|s| s.name == name) else {
             return Err(super::RepoError::KeySlot(format!(
@@ -392,6 +496,9 @@ impl super::Repository {
     /// gets new key pairs, and the old public keys are retired. Returns the new
     /// signing public key.
     pub fn change_password(&self, password: &[u8]) -> Result<[u8; 32], super::RepoError> {
+        let material = self.full_material(
+            "change its password; a full key holder can remove it and add it again",
+        )?;
         let mut file = self.key_file()?;
         let Some(position) = file.slots.iter().position(|s| s.name == self.slot) else {
             return Err(super::RepoError::KeySlot(format!(
@@ -401,7 +508,7 @@ impl super::Repository {
         };
         let old = file.slots.remove(position);
         file.retire(&old)?;
-        file.add_password_slot(&old.name, password, &self.material, KdfParams::DEFAULT)
+        file.add_slot(&old.name, password, material, old.kind, KdfParams::DEFAULT)
             .map_err(|e| super::RepoError::KeySlot(e.to_string()))?;
         let new = file.slots.pop().expect("slot just added");
         let signing_public = new.signing_public;
@@ -429,6 +536,7 @@ impl super::Repository {
     /// under the epoch it was opened with, and so do processes that opened the
     /// repository before.
     pub fn rotate_key(&self, password: &[u8]) -> Result<u32, super::RepoError> {
+        self.require_full_key("rotate the key")?;
         let mut file = self.key_file()?;
         let (mut material, _) = match file.unlock(password) {
             Ok(unlocked) => unlocked,

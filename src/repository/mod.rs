@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::backend::{Backend, LocalBackend};
 use self::index::{Index, IndexRecord, MAX_INDEX_LEN};
-pub use self::keyfile::{BoundSigningKey, KeyFile, KeySlot, RetiredKey, UnlockedSlot};
+pub use self::keyfile::{
+    BoundSigningKey, KeyFile, KeySlot, RetiredKey, SlotKind, Unlocked, UnlockedSlot,
+};
 pub use self::location::Location;
 use self::pack::BlobKind;
 pub use self::writer::BlobWriter;
@@ -45,7 +47,7 @@ use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
 use crate::tree::{MAX_TREE_LEN, Tree};
 
 /// Repository format version written by this program, and the only one it reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// A pack is closed once it reaches this size: 16 MiB, large enough that object
 /// stores see few requests, small enough to rewrite cheaply during cleanup.
 pub const PACK_TARGET_SIZE: usize = 16 << 20;
@@ -122,6 +124,18 @@ pub enum RepoError {
     /// A snapshot name matched no snapshot or more than one.
     #[error("{0}")]
     SnapshotSpec(String),
+    /// A backup-only key was used for an operation that needs a full key.
+    #[error(
+        "key {key:?} is backup-only: it can add snapshots to {location} but cannot {operation}; run this with a full key (`cairn key list` shows each key's kind)"
+    )]
+    BackupOnly {
+        /// Name of the key slot.
+        key: String,
+        /// Repository location.
+        location: String,
+        /// What was refused, such as `list snapshots`.
+        operation: String,
+    },
     /// A copy was asked to copy a repository onto itself.
     #[error(
         "{0} is both the source and the destination of the copy: give another repository with --to"
@@ -147,7 +161,7 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
     keys: Keys,
-    material: KeyMaterial,
+    material: Unlocked,
     slot: String,
     signing: ed25519_dalek::SigningKey,
     chunker: Chunker,
@@ -280,7 +294,7 @@ impl Repository {
         kdf: KdfParams,
         like: &Repository,
     ) -> Result<Self, RepoError> {
-        let material = KeyMaterial::with_identity(like.material.identity);
+        let material = KeyMaterial::with_identity(like.full_material("share its keys")?.identity);
         let settings = (like.config.chunker, like.config.compression_level);
         Self::create(backend, password, name, kdf, material, settings)
     }
@@ -350,7 +364,11 @@ impl Repository {
             Err(CryptoError::Authentication) => return Err(RepoError::WrongPassword(location)),
             Err(e) => return Err(damaged(format!("key file of {location}"), e)),
         };
-        let keys = Keys::derive(config.repo_id, &unlocked.material);
+        let keys = match &unlocked.material {
+            Unlocked::Full(material) => Keys::derive(config.repo_id, material),
+            Unlocked::BackupOnly(material) => Keys::derive_backup_only(config.repo_id, material)
+                .map_err(|e| damaged(format!("key file of {location}"), e))?,
+        };
         // The MAC covers the stored bytes, so any change to the file is detected,
         // including bytes the decoder would ignore.
         let body = &config_bytes[CONFIG_MAGIC.len()..config_bytes.len() - 32];
@@ -415,9 +433,39 @@ impl Repository {
         &self.config
     }
 
-    /// Returns the key material.
-    pub fn material(&self) -> &KeyMaterial {
-        &self.material
+    /// Returns the key material, or `None` when a backup-only key opened the
+    /// repository.
+    pub fn material(&self) -> Option<&KeyMaterial> {
+        match &self.material {
+            Unlocked::Full(material) => Some(material),
+            Unlocked::BackupOnly(_) => None,
+        }
+    }
+
+    /// Returns true when a backup-only key opened the repository.
+    pub fn is_backup_only(&self) -> bool {
+        matches!(self.material, Unlocked::BackupOnly(_))
+    }
+
+    /// Returns the key material, or the error that names the key and
+    /// `operation` when a backup-only key opened the repository.
+    pub fn full_material(&self, operation: &str) -> Result<&KeyMaterial, RepoError> {
+        self.material()
+            .ok_or_else(|| self.backup_only_error(operation))
+    }
+
+    /// Fails with the error that names the key and `operation` when a
+    /// backup-only key opened the repository.
+    pub fn require_full_key(&self, operation: &str) -> Result<(), RepoError> {
+        self.full_material(operation).map(|_| ())
+    }
+
+    fn backup_only_error(&self, operation: &str) -> RepoError {
+        RepoError::BackupOnly {
+            key: self.slot.clone(),
+            location: self.location(),
+            operation: operation.to_string(),
+        }
     }
 
     /// Returns the Ed25519 signing key of the slot that opened the repository.

@@ -1,6 +1,6 @@
 //! Writing new blobs into packs, and the packs into index files.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::index::IndexRecord;
@@ -27,6 +27,9 @@ struct WriterState {
 pub struct BlobWriter<'a> {
     repo: &'a Repository,
     state: Mutex<WriterState>,
+    /// When set, every tree passed to [`BlobWriter::store_tree`], stored or
+    /// already present, by id with its encoding.
+    recorded_trees: Option<Mutex<HashMap<TreeId, Vec<u8>>>>,
 }
 
 impl<'a> BlobWriter<'a> {
@@ -41,7 +44,24 @@ impl<'a> BlobWriter<'a> {
                 written: Vec::new(),
                 bytes_written: 0,
             }),
+            recorded_trees: None,
         }
+    }
+
+    /// Makes the writer keep every tree it is given, so that a backup-only
+    /// key, which cannot read trees back, can keep its snapshot's trees on the
+    /// client.
+    pub fn record_trees(mut self) -> Self {
+        self.recorded_trees = Some(Mutex::default());
+        self
+    }
+
+    /// Returns the trees kept since [`BlobWriter::record_trees`].
+    pub fn take_recorded_trees(&self) -> HashMap<TreeId, Vec<u8>> {
+        self.recorded_trees
+            .as_ref()
+            .map(|trees| std::mem::take(&mut *trees.lock().expect("recorded trees lock")))
+            .unwrap_or_default()
     }
 
     /// Returns true if the caller must store the blob: it is neither in the
@@ -102,6 +122,12 @@ impl<'a> BlobWriter<'a> {
         }
         let keys = self.repo.keys();
         let id = keys.tree_id(&encoded);
+        if let Some(recorded) = &self.recorded_trees {
+            recorded
+                .lock()
+                .expect("recorded trees lock")
+                .insert(id, encoded.clone());
+        }
         if !self.reserve(&id.0) {
             return Ok((id, None));
         }
