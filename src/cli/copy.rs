@@ -114,13 +114,14 @@ pub fn copy_between(
     dest: &Endpoint<'_>,
     request: &CopyRequest<'_>,
 ) -> anyhow::Result<i32> {
-    let from = open_at(source.path, &source.password, "copy snapshots").with_context(|| {
-        format!(
-            "cannot open the source repository {}",
-            source.path.display()
-        )
-    })?;
-    let to = open_at(dest.path, &dest.password, "copy snapshots").with_context(|| {
+    let from =
+        open_at(source.path, &source.password, "copy", "copy snapshots").with_context(|| {
+            format!(
+                "cannot open the source repository {}",
+                source.path.display()
+            )
+        })?;
+    let to = open_at(dest.path, &dest.password, "copy", "copy snapshots").with_context(|| {
         format!(
             "cannot open the destination repository {}",
             dest.path.display()

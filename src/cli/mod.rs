@@ -431,16 +431,32 @@ fn needs_full_key(command: &Command) -> Option<&'static str> {
 }
 
 /// Opens the repository at `value`, a directory or an `s3:` URL, for
-/// `operation`, which needs a full key. Fails with [`RepoError::NotFound`] if
-/// there is no repository.
-fn open_at(value: &Path, password: &[u8], operation: &str) -> anyhow::Result<Repository> {
+/// `operation` of `command`, which needs a full key. Fails with
+/// [`RepoError::NotFound`] if there is no repository. A backup-only key is
+/// refused, and the refusal recorded in the repository's audit log.
+fn open_at(
+    value: &Path,
+    password: &[u8],
+    command: &str,
+    operation: &str,
+) -> anyhow::Result<Repository> {
     let location = Location::parse(value.as_os_str())?;
     let backend = location.connect()?;
     if !Repository::exists(backend.as_ref())? {
         return Err(RepoError::NotFound(location.to_string()).into());
     }
     let repo = Repository::open(backend, password)?;
-    repo.require_full_key(operation)?;
+    if let Err(refusal) = repo.require_full_key(operation) {
+        audit::write_to(
+            &repo,
+            crate::audit::Record {
+                operation: command.to_string(),
+                args: Vec::new(),
+                outcome: crate::audit::Outcome::Refused(refusal.to_string()),
+            },
+        );
+        return Err(refusal.into());
+    }
     Ok(repo)
 }
 
@@ -474,6 +490,7 @@ fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
             let repo = open_at(
                 like_path,
                 &like_password,
+                "init",
                 "share its keys with a new repository",
             )
             .with_context(|| {
