@@ -2,7 +2,7 @@
 //! `audit/<20-digit sequence number>-<16 hex>`.
 //!
 //! Each entry is signed with the Ed25519 key of the slot that acted, then sealed
-//! with the repository's metadata key (object kind 8). It records the hashes of
+//! with the repository's index key (object kind 8). It records the hashes of
 //! the entries it follows, so the entries form a hash chain, and the 16 hex
 //! characters of its name are the start of the BLAKE3 hash of its stored bytes.
 //!

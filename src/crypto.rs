@@ -161,6 +161,9 @@ struct ContentKeys {
     private: [u8; 32],
 }
 
+/// Session keys by epoch and the writer's ephemeral public key.
+type SessionCache = HashMap<(u32, [u8; 32]), [u8; 32]>;
+
 /// The key under which a backup-only process seals its content: agreed between
 /// an ephemeral X25519 key pair, whose private key is dropped at once, and the
 /// newest epoch's content public key.
@@ -186,7 +189,7 @@ pub struct Keys {
     session: Option<Arc<SealSession>>,
     /// Session keys of public-key objects opened so far, by epoch and
     /// ephemeral public key, so that each writer costs one key agreement.
-    sessions: Arc<Mutex<HashMap<(u32, [u8; 32]), [u8; 32]>>>,
+    sessions: Arc<Mutex<SessionCache>>,
 }
 
 impl fmt::Debug for Keys {
@@ -806,6 +809,90 @@ mod tests {
         let sealed = a.seal(ObjectKind::Chunk, &[0; 32], b"data", 0).unwrap();
         assert!(b.open(ObjectKind::Chunk, &[0; 32], &sealed, 100).is_err());
         assert!(!a.same_identity(&keys()));
+    }
+
+    #[test]
+    fn backup_only_keys_seal_content_that_only_full_keys_open() {
+        let mut material = KeyMaterial::generate();
+        material.add_epoch().unwrap();
+        let full = Keys::derive([7; 16], &material);
+        let writer = Keys::derive_backup_only([7; 16], &material.backup_only()).unwrap();
+        assert!(writer.is_backup_only() && !full.is_backup_only());
+        assert_eq!(writer.chunk_id(b"data"), full.chunk_id(b"data"));
+        assert_eq!(writer.config_mac(b"config"), full.config_mac(b"config"));
+
+        let data = b"file content that the writer must not read back again";
+        let id = writer.chunk_id(data);
+        let sealed = writer.seal(ObjectKind::Chunk, &id.0, data, 3).unwrap();
+        assert_eq!(sealed[0], PUBLIC_OBJECT_VERSION);
+        assert_eq!(sealed_epoch(&sealed), Some(1));
+        assert_eq!(
+            full.open(ObjectKind::Chunk, &id.0, &sealed, 1 << 20)
+                .unwrap(),
+            data
+        );
+        assert!(matches!(
+            writer.open(ObjectKind::Chunk, &id.0, &sealed, 1 << 20),
+            Err(CryptoError::BackupOnly(_))
+        ));
+        let by_full = full.seal(ObjectKind::Tree, &[1; 32], b"tree", 0).unwrap();
+        assert_eq!(by_full[0], OBJECT_VERSION);
+        assert!(matches!(
+            writer.open(ObjectKind::Tree, &[1; 32], &by_full, 100),
+            Err(CryptoError::BackupOnly(_))
+        ));
+
+        // Index kinds stay symmetric under the index key, which both hold.
+        let index = writer
+            .seal(ObjectKind::Index, &[0; 32], b"index", 0)
+            .unwrap();
+        assert_eq!(index[0], OBJECT_VERSION);
+        assert_eq!(
+            full.open(ObjectKind::Index, &[0; 32], &index, 100).unwrap(),
+            b"index"
+        );
+        let index = full.seal(ObjectKind::Index, &[0; 32], b"index", 0).unwrap();
+        assert_eq!(
+            writer
+                .open(ObjectKind::Index, &[0; 32], &index, 100)
+                .unwrap(),
+            b"index"
+        );
+    }
+
+    #[test]
+    fn public_key_objects_reject_changed_ephemeral_and_kind() {
+        let material = KeyMaterial::generate();
+        let full = Keys::derive([7; 16], &material);
+        let writer = Keys::derive_backup_only([7; 16], &material.backup_only()).unwrap();
+        let sealed = writer
+            .seal(ObjectKind::Snapshot, &[0; 32], b"snapshot", 0)
+            .unwrap();
+        assert!(
+            full.open(ObjectKind::Snapshot, &[0; 32], &sealed, 100)
+                .is_ok()
+        );
+        for position in [5, 36, 40, sealed.len() - 1] {
+            let mut damaged = sealed.clone();
+            damaged[position] ^= 1;
+            assert!(
+                full.open(ObjectKind::Snapshot, &[0; 32], &damaged, 100)
+                    .is_err()
+            );
+        }
+        // An ephemeral key of all zeros is a low-order point.
+        let mut low_order = sealed.clone();
+        low_order[5..37].fill(0);
+        assert!(matches!(
+            full.open(ObjectKind::Snapshot, &[0; 32], &low_order, 100),
+            Err(CryptoError::Authentication)
+        ));
+        let mut as_lock = sealed.clone();
+        as_lock[0] = PUBLIC_OBJECT_VERSION;
+        assert!(
+            full.open(ObjectKind::Lock, &[0; 32], &as_lock, 100)
+                .is_err()
+        );
     }
 
     #[test]
