@@ -462,3 +462,87 @@ fn server_killed_during_backup() {
     setup.check_read_data(Client::Reader);
     assert_eq!(setup.snapshot_count(Client::Reader), 1);
 }
+
+/// A machine with a backup-only key and an append token: the key keeps it
+/// from reading what is stored, the token from deleting or replacing it.
+#[test]
+fn backup_only_key_with_append_token_adds_snapshots_only() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+    setup.backup(Client::Operator, &source);
+    let web_password = setup.path("web01.password");
+    fs::write(&web_password, "web01 password\n").expect("write password");
+    setup.run_ok(
+        Client::Operator,
+        [
+            OsStr::new("key"),
+            OsStr::new("add"),
+            OsStr::new("--name"),
+            OsStr::new("web01"),
+            OsStr::new("--backup-only"),
+            OsStr::new("--new-password-file"),
+            web_password.as_os_str(),
+        ],
+    );
+    let web = |client: Client, args: &[&OsStr]| {
+        cairn_command()
+            .arg("--repo")
+            .arg(setup.server.url())
+            .arg("--password-file")
+            .arg(&web_password)
+            .arg("--token-file")
+            .arg(setup.server.token_file(client))
+            .args(args)
+            .output()
+            .expect("start the cairn binary")
+    };
+
+    let backup = [
+        OsStr::new("backup"),
+        OsStr::new("--json"),
+        source.as_os_str(),
+    ];
+    let first = web(Client::Writer, &backup);
+    assert_eq!(first.status.code(), Some(EXIT_OK), "{}", describe(&first));
+    let first = parse_json(&stdout_of(&first));
+    let second = web(Client::Writer, &backup);
+    assert_eq!(second.status.code(), Some(EXIT_OK), "{}", describe(&second));
+    let second = parse_json(&stdout_of(&second));
+    assert_eq!(first["files_new"], 3, "{first}");
+    assert_eq!(second["files_unchanged"], 3, "{second}");
+    assert_eq!(second["bytes_read"], 0, "{second}");
+
+    // Refused by the key even with the admin token, which the server would
+    // let delete.
+    for args in [["snapshots"], ["prune"]] {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let output = web(Client::Operator, &args);
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_FAILURE),
+            "{}",
+            describe(&output)
+        );
+        assert!(
+            stderr_of(&output).contains("key \"web01\" is backup-only"),
+            "{}",
+            describe(&output)
+        );
+    }
+
+    // The full key reads what the backup-only key wrote.
+    let target = setup.path("restored");
+    setup.run_ok(
+        Client::Reader,
+        [
+            OsStr::new("restore"),
+            OsStr::new(&snapshot_id(&second)),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    assert_same_tree(&source, &restored_path(&target, &source));
+    assert_eq!(setup.snapshot_count(Client::Reader), 3);
+    setup.check_read_data(Client::Reader);
+}
