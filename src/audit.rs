@@ -2,7 +2,8 @@
 //! `audit/<20-digit sequence number>-<16 hex>`.
 //!
 //! Each entry is signed with the Ed25519 key of the slot that acted, then sealed
-//! with the repository's index key (object kind 8). It records the hashes of
+//! with the repository's metadata key, or by a backup-only key to the content
+//! public key (object kind 8). It records the hashes of
 //! the entries it follows, so the entries form a hash chain, and the 16 hex
 //! characters of its name are the start of the BLAKE3 hash of its stored bytes.
 //!
@@ -401,10 +402,14 @@ impl AuditWriter {
                 }
             };
             // An entry that does not open still gets linked by the hash of its
-            // bytes, so that `verify` reports it instead of a gap.
-            match open_entry(&self.keys, &stored) {
-                Ok(opened) => followed.extend(opened.entry.prev),
-                Err(e) => warnings.push(format!("audit entry {name} does not open: {e}")),
+            // bytes, so that `verify` reports it instead of a gap. A backup-only
+            // key opens none, and links to every entry of the window: links to
+            // entries that others follow too are redundant, not wrong.
+            if !self.keys.is_backup_only() {
+                match open_entry(&self.keys, &stored) {
+                    Ok(opened) => followed.extend(opened.entry.prev),
+                    Err(e) => warnings.push(format!("audit entry {name} does not open: {e}")),
+                }
             }
             window.push((*seq, *blake3::hash(&stored).as_bytes()));
         }

@@ -68,10 +68,10 @@ pub const SEAL_OVERHEAD: usize = PUBLIC_SEAL_HEADER_LEN + 16;
 const MAX_REMEMBERED_SESSIONS: usize = 4096;
 
 /// Kind of a sealed object. It is part of the associated data, so an object of
-/// one kind is never accepted as another. Chunks, trees and snapshots hold
-/// content and are sealed under the data and metadata keys; the other kinds
-/// only name blobs and files, and are sealed under the index key, which
-/// backup-only keys hold too.
+/// one kind is never accepted as another. Chunks, trees, snapshots and audit
+/// log entries hold content, names or paths and are sealed under the data and
+/// metadata keys; the other kinds only name blobs and files, and are sealed
+/// under the index key, which backup-only keys hold too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum ObjectKind {
@@ -121,12 +121,12 @@ pub enum CryptoError {
 }
 
 impl ObjectKind {
-    /// Returns true for the kinds that hold file content or names: chunks,
-    /// trees and snapshots.
+    /// Returns true for the kinds that hold file content, names or paths:
+    /// chunks, trees, snapshots and audit log entries.
     pub fn holds_content(self) -> bool {
         matches!(
             self,
-            ObjectKind::Chunk | ObjectKind::Tree | ObjectKind::Snapshot
+            ObjectKind::Chunk | ObjectKind::Tree | ObjectKind::Snapshot | ObjectKind::AuditEntry
         )
     }
 
@@ -135,6 +135,7 @@ impl ObjectKind {
             ObjectKind::Chunk => "file content",
             ObjectKind::Tree => "directory trees",
             ObjectKind::Snapshot => "snapshots",
+            ObjectKind::AuditEntry => "audit log entries",
             _ => "objects",
         }
     }

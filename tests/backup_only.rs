@@ -250,6 +250,8 @@ fn backup_only_key_backs_up_twice_and_skips_unchanged_files() {
     );
     ok(&output);
     ok(&setup.run(ADMIN, &["check", "--read-data"]));
+    // The backup-only key links its entries without reading the log.
+    ok(&setup.run(ADMIN, &["audit", "verify"]));
 }
 
 #[test]
@@ -288,6 +290,7 @@ fn backup_only_key_is_refused_every_command_that_reads_or_deletes() {
         (vec!["key", "remove", "admin"], "remove keys"),
         (vec!["key", "rotate"], "rotate the key"),
         (vec!["audit", "verify"], "verify the audit log"),
+        (vec!["audit"], "read the audit log"),
         (vec!["unlock"], "remove locks"),
     ];
     for (args, operation) in &refused {
@@ -326,7 +329,7 @@ fn backup_only_key_is_refused_every_command_that_reads_or_deletes() {
     assert_eq!(refusals, refused.len(), "{}", describe(&output));
     ok(&setup.run(ADMIN, &["audit", "verify"]));
 
-    // Listing keys and reading the audit log stay open to it.
+    // Listing keys stays open to it.
     let output = setup.run(WEB, &["key", "list"]);
     ok(&output);
     let listing = String::from_utf8_lossy(&output.stdout);
@@ -386,6 +389,21 @@ fn backup_only_key_material_opens_nothing_stored() {
         );
         full.open(ObjectKind::Snapshot, &[0; 32], sealed, 1 << 24)
             .expect("the full key opens every snapshot");
+    }
+
+    // Nor any audit log entry, which names the paths of every key's backups.
+    let entries: Vec<Vec<u8>> = fs::read_dir(setup.repo.join("audit"))
+        .unwrap()
+        .map(|entry| fs::read(entry.unwrap().path()).unwrap())
+        .collect();
+    assert!(entries.len() >= 4, "{} audit entries", entries.len());
+    for sealed in &entries {
+        assert!(matches!(
+            web.open(ObjectKind::AuditEntry, &[0; 32], sealed, 1 << 22),
+            Err(CryptoError::BackupOnly(_))
+        ));
+        full.open(ObjectKind::AuditEntry, &[0; 32], sealed, 1 << 22)
+            .expect("the full key opens every audit log entry");
     }
 
     // No secret in the slot serves as the identity or the epoch secret of a

@@ -399,7 +399,7 @@ fn command_name(command: &Command) -> &'static str {
 
 /// Returns what a command does that a backup-only key may not, or `None` for
 /// the commands that it may run: `backup`, `run` (whose forget step is a
-/// command of its own), `key list` and `audit`.
+/// command of its own) and `key list`.
 ///
 /// The keys enforce the same: a backup-only key holds no key that opens a
 /// stored chunk, tree or snapshot. This check only turns the failure into a
@@ -409,7 +409,7 @@ fn needs_full_key(command: &Command) -> Option<&'static str> {
         Command::Backup(_) | Command::Run(_) => None,
         Command::Key(args) => args.needs_full_key(),
         Command::Audit(args) if args.verifies() => Some("verify the audit log"),
-        Command::Audit(_) => None,
+        Command::Audit(_) => Some("read the audit log"),
         Command::Snapshots(_) => Some("list snapshots"),
         Command::Ls(_) => Some("list the files of a snapshot"),
         Command::Restore(_) => Some("restore"),
