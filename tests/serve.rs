@@ -546,3 +546,54 @@ fn backup_only_key_with_append_token_adds_snapshots_only() {
     assert_eq!(setup.snapshot_count(Client::Reader), 3);
     setup.check_read_data(Client::Reader);
 }
+
+/// A reader restores and checks, which take a lock and write an audit entry,
+/// but cannot add data.
+#[test]
+fn reader_restores_and_leaves_audit_entries() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+    let snapshot = snapshot_id(&setup.backup(Client::Writer, &source));
+
+    let target = setup.path("restored");
+    let output = setup.run(
+        Client::Reader,
+        [
+            OsStr::new("restore"),
+            OsStr::new(&snapshot),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    assert!(
+        !stderr_of(&output).contains("warning"),
+        "{}",
+        describe(&output)
+    );
+    assert_same_tree(&source, &restored_path(&target, &source));
+    setup.check_read_data(Client::Reader);
+
+    let log = setup.run_ok(Client::Operator, ["audit", "--json"]);
+    for operation in ["restore", "check"] {
+        assert!(
+            log.lines().any(|line| {
+                let entry = parse_json(line);
+                entry["operation"] == operation && entry["outcome"] == "ok"
+            }),
+            "no {operation} entry: {log}"
+        );
+    }
+    setup.run_ok(Client::Operator, ["audit", "verify"]);
+
+    let token = Client::Reader.token();
+    let (status, body) = setup.server.raw_request(
+        "PUT",
+        &format!("/main/{}", setup.first_file("data")),
+        Some(&token),
+        &[],
+        b"other bytes",
+    );
+    assert_eq!(status, 403, "{body}");
+}

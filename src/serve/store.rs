@@ -174,12 +174,14 @@ impl RepositoryStore {
         path: &str,
         bytes: &[u8],
     ) -> Result<Written, StoreError> {
-        if role == Role::Read {
+        // A reader takes its own locks, so that a prune waits for its restore
+        // or mount, and leaves an audit entry like every client.
+        if role == Role::Read && !matches!(kind, FileKind::Lock | FileKind::Audit) {
             return Err(StoreError::Forbidden(self.rejection(
                 client,
                 role,
                 &format!("write {path}"),
-                "backups need a client with the append or admin role",
+                "adding data needs a client with the append or admin role",
             )));
         }
         if kind == FileKind::Lock {
@@ -320,7 +322,7 @@ impl RepositoryStore {
         kind: FileKind,
         path: &str,
     ) -> Result<(), StoreError> {
-        if kind == FileKind::Lock && role != Role::Read {
+        if kind == FileKind::Lock {
             let _guard = self.locks.lock().expect("lock files mutex");
             self.size(path)?;
             self.check_lock_owner(client, role, path, "delete")?;
