@@ -360,7 +360,7 @@ impl AuditWriter {
             host: hostname::get()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "unknown".into()),
-            user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            user: crate::meta::current_user_name(),
             operation: record.operation,
             args: record.args,
             outcome: record.outcome,

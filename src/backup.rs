@@ -201,7 +201,9 @@ fn run_backup(
     };
     let local_parents = if repo.is_backup_only() {
         if options.parent.is_some() {
-            repo.require_full_key("read the snapshot given with --parent")?;
+            repo.require_full_key(
+                "read the snapshot given with --parent (leave --parent out: a backup-only key compares with its own last backup)",
+            )?;
         }
         load_local_parents(repo, &record_key)
     } else {
@@ -284,7 +286,7 @@ fn run_backup(
     let mut snapshot = Snapshot {
         time,
         hostname: hostname.clone(),
-        username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        username: crate::meta::current_user_name(),
         paths: path_bytes.clone(),
         tree,
         parent: parent.map(|(id, _)| id),

@@ -191,6 +191,22 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// Formats the file, line, column and message, without the severity and
+    /// the value, for a problem that stops the file from loading: the message
+    /// of the TOML parser already names the value.
+    pub fn place_and_message(&self) -> String {
+        let mut text = self.file.display().to_string();
+        if self.line > 0 {
+            text.push_str(&format!(":{}:{}", self.line, self.column));
+        }
+        if !self.key.is_empty() {
+            text.push_str(&format!(": {}", self.key));
+        }
+        format!("{text}: {}", self.message)
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let severity = match self.severity {
@@ -223,7 +239,7 @@ pub enum ConfigError {
         error: std::io::Error,
     },
     /// The file is not valid TOML or does not fit the schema.
-    #[error("{0}")]
+    #[error("{}", .0.place_and_message())]
     Invalid(Problem),
     /// A `cairn run` or `schedule` names a dataset the file does not define.
     #[error("no dataset named {name:?} in {}; defined: {}", .path.display(), .defined.join(", "))]

@@ -96,7 +96,7 @@ impl ParentTrees {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{} is not a valid record of the last backup ({detail}): delete it, and the next backup reads every file",
+                    "{} is not a valid record of the last backup ({detail}): this backup reads every file and then replaces it",
                     path.display()
                 ),
             )

@@ -438,3 +438,36 @@ fn backup_only_key_material_opens_nothing_stored() {
         }
     }
 }
+
+#[test]
+fn run_with_keep_rules_names_them_for_a_backup_only_key() {
+    let setup = Setup::new();
+    let config = setup.dir.path().join("cairn.toml");
+    fs::write(
+        &config,
+        format!(
+            "[repositories.main]\npath = {:?}\npassword_file = {:?}\n\n\
+             [datasets.web]\nrepository = \"main\"\npaths = [{:?}]\nkeep_daily = 7\n",
+            path_arg(&setup.repo),
+            path_arg(&setup.dir.path().join("web01.pw")),
+            path_arg(&setup.source),
+        ),
+    )
+    .unwrap();
+    let output = setup.run(WEB, &["--config", path_arg(&config), "run", "web"]);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("dataset web was saved") && stderr.contains("keep_* rules need a full key"),
+        "{stderr}"
+    );
+    let listing = setup.run(ADMIN, &["snapshots", "--json"]);
+    ok(&listing);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
+}

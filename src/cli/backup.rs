@@ -151,7 +151,9 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
     }
     let parent = match &args.parent {
         Some(spec) => {
-            repo.require_full_key("read the snapshot given with --parent")?;
+            repo.require_full_key(
+                "read the snapshot given with --parent (leave --parent out: a backup-only key compares with its own last backup)",
+            )?;
             Some(repo.find_snapshot(spec)?.0)
         }
         None => None,

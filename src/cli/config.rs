@@ -249,7 +249,18 @@ pub fn run_dataset(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
             .map(OsString::from),
         );
         forget.extend(policy.into_iter().map(OsString::from));
-        let forget_code = dispatch(forget)?;
+        let forget_code = dispatch(forget).map_err(|error| {
+            if matches!(
+                error.downcast_ref::<crate::repository::RepoError>(),
+                Some(crate::repository::RepoError::BackupOnly { .. })
+            ) {
+                error.context(format!(
+                    "the backup of dataset {name} was saved, but its keep_* rules need a full key: remove them from the dataset and apply retention from a machine with a full key"
+                ))
+            } else {
+                error
+            }
+        })?;
         if forget_code != EXIT_OK {
             return Ok(forget_code);
         }

@@ -178,9 +178,14 @@ pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
             let epoch = repo.rotate_key(&current_password)?;
             audit::arg("epoch", epoch);
             audit::commit_ok();
-            let slots = repo.key_file()?.slots.len();
+            let slots = repo.key_file()?.slots;
+            let full = slots
+                .iter()
+                .filter(|slot| slot.kind == SlotKind::Full)
+                .count();
             println!(
-                "added key epoch {epoch}; every key ({slots} in all) opens it, and new data is sealed under it"
+                "added key epoch {epoch}; every full key ({full} in all) opens it, every backup-only key ({}) seals to it, and new data is sealed under it",
+                slots.len() - full
             );
             println!(
                 "note: data written before the rotation stays readable with the old key material; see docs/threat-model.md"

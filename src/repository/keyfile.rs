@@ -211,7 +211,7 @@ impl KeyFile {
         };
         let (nonce, wrapped) =
             crypto::wrap_slot_secret(&kek, &slot_binding(&self.repo_id, name), &secret)?;
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let user = crate::meta::current_user_name();
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());

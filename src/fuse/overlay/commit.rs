@@ -82,7 +82,7 @@ impl Overlay {
         let mut snapshot = Snapshot {
             time: Timestamp::now(),
             hostname: parent.map_or_else(crate::backup::local_hostname, |p| p.hostname.clone()),
-            username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            username: crate::meta::current_user_name(),
             paths: parent.map_or_else(|| vec![b"/".to_vec()], |p| p.paths.clone()),
             tree: root,
             parent: parent_id,
