@@ -200,6 +200,20 @@ impl ShortPath {
     }
 }
 
+/// Returns the name of the user running this process: `$USER`, else the name
+/// of the effective user id (services often run without `$USER`), else
+/// `unknown`.
+pub fn current_user_name() -> String {
+    if let Some(user) = std::env::var_os("USER").filter(|user| !user.is_empty()) {
+        return user.to_string_lossy().into_owned();
+    }
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,18 +243,4 @@ mod tests {
         let short = ShortPath::new(Path::new("/tmp/x")).unwrap();
         assert_eq!(short.path(), Path::new("/tmp/x"));
     }
-}
-
-/// Returns the name of the user running this process: `$USER`, else the name
-/// of the effective user id (services often run without `$USER`), else
-/// `unknown`.
-pub fn current_user_name() -> String {
-    if let Some(user) = std::env::var_os("USER").filter(|user| !user.is_empty()) {
-        return user.to_string_lossy().into_owned();
-    }
-    nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten()
-        .map(|user| user.name)
-        .unwrap_or_else(|| "unknown".into())
 }
