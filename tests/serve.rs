@@ -597,3 +597,88 @@ fn reader_restores_and_leaves_audit_entries() {
     );
     assert_eq!(status, 403, "{body}");
 }
+
+/// Over HTTPS with a self-signed certificate: a client that trusts it through
+/// CAIRN_CA_FILE backs up and restores; one that does not refuses to send
+/// anything, and names the certificate problem.
+#[test]
+fn https_with_trusted_certificate_only() {
+    let dir = tempfile::tempdir().expect("create temporary directory");
+    fs::create_dir(dir.path().join("repo")).expect("create repository directory");
+    let password = dir.path().join("password");
+    fs::write(&password, format!("{PASSWORD}\n")).expect("write password");
+    let server = CairnServer::start_tls(&dir.path().join("repo"));
+    assert!(server.url().starts_with("cairn:https://"));
+    let run = |client: Client, trust: bool, args: &[&OsStr]| {
+        let mut command = cairn_command();
+        command
+            .arg("--repo")
+            .arg(server.url())
+            .arg("--password-file")
+            .arg(&password)
+            .arg("--token-file")
+            .arg(server.token_file(client))
+            .args(args);
+        if trust {
+            command.env("CAIRN_CA_FILE", server.certificate());
+        }
+        command
+            .env("CAIRN_HTTP_RETRY_TIMEOUT", "2")
+            .output()
+            .expect("start the cairn binary")
+    };
+
+    let output = run(Client::Operator, true, &[OsStr::new("init")]);
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    let source = dir.path().join("source");
+    build_source(&source);
+    let output = run(
+        Client::Writer,
+        true,
+        &[
+            OsStr::new("backup"),
+            OsStr::new("--json"),
+            source.as_os_str(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    let snapshot = snapshot_id(&parse_json(&stdout_of(&output)));
+    let target = dir.path().join("restored");
+    let output = run(
+        Client::Reader,
+        true,
+        &[
+            OsStr::new("restore"),
+            OsStr::new(&snapshot),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    assert_same_tree(&source, &restored_path(&target, &source));
+
+    // Without the certificate among its roots, the client stops at the
+    // handshake, before its token leaves the machine.
+    let requests_before = server.log().lines().count();
+    let output = run(Client::Reader, false, &[OsStr::new("snapshots")]);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("invalid peer certificate") && stderr.contains("set CAIRN_CA_FILE"),
+        "{stderr}"
+    );
+    assert!(
+        !server
+            .log()
+            .lines()
+            .skip(requests_before)
+            .any(|line| line.contains("reader")),
+        "a request of the untrusting client reached the server:\n{}",
+        server.log()
+    );
+}

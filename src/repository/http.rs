@@ -358,8 +358,16 @@ impl HttpBackend {
                         format!("status {status}: {}", String::from_utf8_lossy(&body).trim())
                     }
                     Err(e) => {
+                        let chain = error_chain(&e);
+                        // A certificate that fails now fails on every retry.
+                        if let Some(hint) = certificate_hint(&chain) {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("{method} {url} failed: {chain}; {hint}"),
+                            ));
+                        }
                         after_lost_attempt = true;
-                        error_chain(&e)
+                        chain
                     }
                 };
                 if started.elapsed() + delay > self.retry_timeout {
@@ -474,6 +482,25 @@ fn is_retryable(status: StatusCode) -> bool {
 
 /// Joins the messages of an error and its sources, leaving out a source whose
 /// message the previous one already contains.
+/// Returns what to do about a rejected server certificate, or `None` when
+/// `chain`, an error and its causes, is about something else.
+fn certificate_hint(chain: &str) -> Option<&'static str> {
+    if !chain.contains("invalid peer certificate") {
+        return None;
+    }
+    Some(if chain.contains("CaUsedAsEndEntity") {
+        "the server presents a CA certificate as its own; make its self-signed certificate with `-addext basicConstraints=critical,CA:FALSE` (see the README), or one signed by a CA"
+    } else if chain.contains("UnknownIssuer") {
+        "no trusted authority signed the server's certificate: set CAIRN_CA_FILE to a PEM file with the server's self-signed certificate or its CA's certificate"
+    } else if chain.contains("NotValidForName") {
+        "the server's certificate does not name the host of the repository URL: use a host name or IP address that its subjectAltName lists"
+    } else if chain.contains("Expired") || chain.contains("NotValidYet") {
+        "the server's certificate is outside its validity period: renew it, and check both machines' clocks"
+    } else {
+        "check the server's certificate and CAIRN_CA_FILE"
+    })
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -605,6 +632,18 @@ impl Backend for HttpBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The texts are those of rustls's errors as `error_chain` prints them.
+    #[test]
+    fn certificate_errors_get_a_hint_and_others_none() {
+        let ca = "client error (Connect): invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))";
+        assert!(certificate_hint(ca).unwrap().contains("CA:FALSE"));
+        let unknown = "client error (Connect): invalid peer certificate: UnknownIssuer";
+        assert!(certificate_hint(unknown).unwrap().contains("CAIRN_CA_FILE"));
+        let name = "invalid peer certificate: NotValidForNameContext { expected: .. }";
+        assert!(certificate_hint(name).unwrap().contains("subjectAltName"));
+        assert!(certificate_hint("client error (Connect): connection refused").is_none());
+    }
 
     #[test]
     fn url_with_port_and_name() {

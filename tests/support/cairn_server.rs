@@ -47,12 +47,25 @@ pub struct CairnServer {
     port: u16,
     dir: TempDir,
     repository: PathBuf,
+    /// Certificate and key files when the server speaks HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl CairnServer {
     /// Starts a server for the directory `repository`, which must exist, on a
     /// port that the system picks.
     pub fn start(repository: &Path) -> Self {
+        Self::start_with(repository, false)
+    }
+
+    /// Starts a server like [`CairnServer::start`] that speaks HTTPS with a
+    /// self-signed certificate for 127.0.0.1, made with `openssl`. Clients
+    /// trust it through `CAIRN_CA_FILE` set to [`CairnServer::certificate`].
+    pub fn start_tls(repository: &Path) -> Self {
+        Self::start_with(repository, true)
+    }
+
+    fn start_with(repository: &Path, tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cairn-serve-")
             .tempdir()
@@ -75,11 +88,13 @@ impl CairnServer {
             ));
         }
         fs::write(dir.path().join("serve.toml"), config).expect("write server configuration");
+        let tls = tls.then(|| self_signed_certificate(dir.path()));
         let mut server = Self {
             child: None,
             port: 0,
             dir,
             repository: repository.to_path_buf(),
+            tls,
         };
         server.launch();
         server
@@ -93,10 +108,19 @@ impl CairnServer {
             .append(true)
             .open(self.log_path())
             .expect("open server log");
-        let mut child = cairn_command()
+        let mut command = cairn_command();
+        command
             .arg("--config")
             .arg(self.dir.path().join("serve.toml"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)]);
+        if let Some((certificate, key)) = &self.tls {
+            command
+                .arg("--tls-cert")
+                .arg(certificate)
+                .arg("--tls-key")
+                .arg(key);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -143,9 +167,16 @@ impl CairnServer {
         self.port
     }
 
-    /// Returns the repository location `cairn:http://127.0.0.1:PORT/main`.
+    /// Returns the repository location `cairn:http://127.0.0.1:PORT/main`,
+    /// with `https` for a server started with [`CairnServer::start_tls`].
     pub fn url(&self) -> String {
-        format!("cairn:http://127.0.0.1:{}/{REPOSITORY}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("cairn:{scheme}://127.0.0.1:{}/{REPOSITORY}", self.port)
+    }
+
+    /// Returns the server's self-signed certificate, for `CAIRN_CA_FILE`.
+    pub fn certificate(&self) -> &Path {
+        &self.tls.as_ref().expect("server started with TLS").0
     }
 
     /// Returns the token file of a client.
@@ -223,4 +254,36 @@ impl Drop for CairnServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Makes a self-signed certificate for the IP address 127.0.0.1 and its key
+/// in `dir` with `openssl`, and returns both paths.
+fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let certificate = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl, which .ci/run installs");
+    assert!(
+        output.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (certificate, key)
 }
