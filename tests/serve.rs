@@ -417,34 +417,44 @@ fn has_pack(repository: &Path) -> bool {
 #[test]
 fn server_killed_during_backup() {
     let mut setup = Setup::new();
-    let source = setup.path("source");
-    // Six files of 16 MiB give several packs, so that the backup still runs
-    // when the first pack appears.
-    for index in 0..6u64 {
-        write_file(
-            &source,
-            &format!("file-{index}"),
-            &pseudo_random_bytes(16 << 20, index),
-        );
-    }
-
+    // The stream writes enough for two packs, then waits until the test has
+    // killed the server, so the backup cannot finish before the kill.
+    let flag = setup.path("server-killed");
+    let stream = format!(
+        "head -c 40000000 /dev/urandom; while [ ! -e '{}' ]; do sleep 0.05; done; head -c 1000 /dev/urandom",
+        flag.display()
+    );
     let mut backup = setup
         .command(Client::Writer)
         .env("CAIRN_HTTP_RETRY_TIMEOUT", "1")
-        .arg("backup")
-        .arg(&source)
+        .args([
+            "backup",
+            "--stdin-filename",
+            "stream.bin",
+            "--stdin-from-command",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(&stream)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the backup");
     while !has_pack(setup.server.repository()) {
-        assert!(
-            backup.try_wait().expect("poll the backup").is_none(),
-            "the backup ended before any pack was stored"
-        );
+        if backup.try_wait().expect("poll the backup").is_some() {
+            let output = backup
+                .wait_with_output()
+                .expect("collect the backup output");
+            panic!(
+                "the backup ended before any pack was stored: {}",
+                describe(&output)
+            );
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     setup.server.kill();
+    fs::write(&flag, b"").expect("create the flag file");
     let interrupted = backup.wait_with_output().expect("wait for the backup");
 
     assert_eq!(
@@ -457,8 +467,11 @@ fn server_killed_during_backup() {
     assert!(stderr.contains("check that cairn serve runs"), "{stderr}");
 
     setup.server.restart();
+    assert_eq!(setup.snapshot_count(Client::Reader), 0);
+    let source = setup.path("source");
+    build_source(&source);
     let summary = setup.backup(Client::Writer, &source);
-    assert_eq!(summary["files_new"], 6, "{summary}");
+    assert_eq!(summary["files_new"], 3, "{summary}");
     setup.check_read_data(Client::Reader);
     assert_eq!(setup.snapshot_count(Client::Reader), 1);
 }
