@@ -38,8 +38,10 @@ pub use self::material::{
 pub const OBJECT_VERSION: u8 = 2;
 /// Bytes before the ciphertext: version, epoch, salt and nonce.
 pub const SEAL_HEADER_LEN: usize = 1 + 4 + 16 + 12;
+/// Bytes of the authentication tag at the end of a sealed object.
+const TAG_LEN: usize = 16;
 /// Bytes a sealed object adds to its payload: header and tag.
-pub const SEAL_OVERHEAD: usize = SEAL_HEADER_LEN + 16;
+pub const SEAL_OVERHEAD: usize = SEAL_HEADER_LEN + TAG_LEN;
 
 /// Kind of a sealed object. It is part of the associated data, so an object of
 /// one kind is never accepted as another.
@@ -210,53 +212,74 @@ impl Keys {
         plaintext: &[u8],
         compression_level: i32,
     ) -> Result<Vec<u8>, CryptoError> {
-        let mut payload = Vec::with_capacity(plaintext.len() + 1);
-        let compressed = if compression_level > 0 && plaintext.len() > 64 {
-            compress(plaintext, compression_level)
-        } else {
-            None
-        };
-        match compressed {
-            Some(c) if c.len() < plaintext.len() => {
-                payload.push(1);
-                payload.extend_from_slice(&c);
-            }
-            _ => {
-                payload.push(0);
-                payload.extend_from_slice(plaintext);
-            }
-        }
-        self.seal_payload(kind, id, payload)
+        let mut out = Vec::new();
+        self.seal_into(kind, id, plaintext, compression_level, &mut out)?;
+        Ok(out)
     }
 
-    fn seal_payload(
+    /// Seals like [`Keys::seal`], but writes the sealed object into `out` and
+    /// replaces its contents. A caller that passes the same buffer for many
+    /// objects saves an allocation per object, and the payload is compressed
+    /// and encrypted in place instead of being copied between buffers.
+    pub fn seal_into(
         &self,
         kind: ObjectKind,
         id: &[u8; 32],
-        mut payload: Vec<u8>,
-    ) -> Result<Vec<u8>, CryptoError> {
+        plaintext: &[u8],
+        compression_level: i32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let body_start = SEAL_HEADER_LEN + 1;
+        // Every byte up to the final length is written below, so `resize` only
+        // zeroes the part of a reused buffer that grows.
+        out.resize(body_start + plaintext.len() + TAG_LEN, 0);
+
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 12];
         let mut rng = rand::rng();
         rng.fill(&mut salt);
         rng.fill(&mut nonce);
+        let epoch = self.current();
+        out[0] = OBJECT_VERSION;
+        out[1..5].copy_from_slice(&epoch.epoch.to_le_bytes());
+        out[5..21].copy_from_slice(&salt);
+        out[21..SEAL_HEADER_LEN].copy_from_slice(&nonce);
+
+        // The output room is one byte short of the plaintext, so zstd fails
+        // unless the compressed form is strictly shorter.
+        let compressed_len = if compression_level > 0 && plaintext.len() > 64 {
+            let room = &mut out[body_start..body_start + plaintext.len() - 1];
+            compress_into(plaintext, compression_level, room)
+        } else {
+            None
+        };
+        let body_len = match compressed_len {
+            Some(len) => {
+                out[SEAL_HEADER_LEN] = 1;
+                len
+            }
+            None => {
+                out[SEAL_HEADER_LEN] = 0;
+                out[body_start..body_start + plaintext.len()].copy_from_slice(plaintext);
+                plaintext.len()
+            }
+        };
+        let payload_end = body_start + body_len;
 
         // Each object gets its own key from a random salt, and GCM-SIV stays
         // safe if a nonce ever repeats, so no nonce counter has to be kept.
-        let epoch = self.current();
         let cipher = object_cipher(epoch.key_for(kind), &salt);
         let aad = self.associated_data(kind, id, epoch.epoch);
-        cipher
-            .encrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
+        let tag = cipher
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &aad,
+                (&mut out[SEAL_HEADER_LEN..payload_end]).into(),
+            )
             .map_err(|_| CryptoError::Malformed("payload too large to encrypt".into()))?;
-
-        let mut out = Vec::with_capacity(SEAL_HEADER_LEN + payload.len());
-        out.push(OBJECT_VERSION);
-        out.extend_from_slice(&epoch.epoch.to_le_bytes());
-        out.extend_from_slice(&salt);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&payload);
-        Ok(out)
+        out.truncate(payload_end);
+        out.extend_from_slice(&tag);
+        Ok(())
     }
 
     /// Decrypts and decompresses a sealed object with the keys of the epoch
@@ -350,15 +373,74 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Compresses with zstd; `None` when compression fails.
-fn compress(plaintext: &[u8], level: i32) -> Option<Vec<u8>> {
+/// Compresses `plaintext` with zstd into `out` and returns the compressed
+/// length, or `None` when the data looks incompressible, compression fails or
+/// the result does not fit in `out`.
+fn compress_into(plaintext: &[u8], level: i32, out: &mut [u8]) -> Option<usize> {
+    if !looks_compressible(plaintext) {
+        return None;
+    }
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if !matches!(&*slot, Some((l, _)) if *l == level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
         let (_, compressor) = slot.as_mut()?;
-        compressor.compress(plaintext).ok()
+        compressor.compress_to_buffer(plaintext, out).ok()
+    })
+}
+
+/// Inputs shorter than this skip the sample test and are always compressed, so
+/// small files such as most source files keep their compression.
+const SAMPLE_MIN_INPUT: usize = 128 << 10;
+/// Number and length of the samples that [`looks_compressible`] tries.
+const SAMPLE_COUNT: usize = 8;
+const SAMPLE_LEN: usize = 8 << 10;
+/// A sample counts as compressible when zstd level 1 saves at least this many
+/// hundredths of its size.
+const SAMPLE_MIN_SAVING_PERCENT: usize = 3;
+
+thread_local! {
+    /// zstd level 1 context and output buffer for the samples.
+    static SAMPLER: std::cell::RefCell<Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Returns false when zstd is unlikely to shrink `plaintext`, because each of
+/// [`SAMPLE_COUNT`] samples spread evenly over it saves less than
+/// [`SAMPLE_MIN_SAVING_PERCENT`] percent at zstd level 1. One compressible
+/// sample is enough to return true, so data that is only partly compressible
+/// is still compressed.
+///
+/// zstd level 3 still scans incompressible input for matches, at about 3 GB/s
+/// on one core of the benchmark machine in `docs/benchmarks.md` (`zstd -b3` on
+/// 500 MiB of random bytes). For such input the samples cover 64 KiB, a
+/// sixteenth of an average chunk. For compressible input the first 8 KiB
+/// sample usually decides.
+fn looks_compressible(plaintext: &[u8]) -> bool {
+    if plaintext.len() < SAMPLE_MIN_INPUT {
+        return true;
+    }
+    SAMPLER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let Ok(compressor) = zstd::bulk::Compressor::new(1) else {
+                return true;
+            };
+            *slot = Some((compressor, vec![0; SAMPLE_LEN]));
+        }
+        let Some((compressor, scratch)) = slot.as_mut() else {
+            return true;
+        };
+        let room = SAMPLE_LEN - SAMPLE_LEN * SAMPLE_MIN_SAVING_PERCENT / 100;
+        let stride = (plaintext.len() - SAMPLE_LEN) / (SAMPLE_COUNT - 1);
+        (0..SAMPLE_COUNT).any(|i| {
+            let sample = &plaintext[i * stride..i * stride + SAMPLE_LEN];
+            // zstd fails as soon as its output outgrows `room`.
+            compressor
+                .compress_to_buffer(sample, &mut scratch[..room])
+                .is_ok()
+        })
     })
 }
 
