@@ -316,7 +316,7 @@ fn find_parent(
 /// Chunk and sealed-object buffers with a larger capacity than this are freed
 /// after use instead of being kept for the next chunk. A few chunks of the
 /// maximum size then do not keep their memory for the rest of the backup.
-const MAX_REUSED_BUFFER: usize = 4 << 20;
+const MAX_REUSED_BUFFER: usize = 2 << 20;
 
 fn seal_worker(
     repo: &Repository,
@@ -843,6 +843,9 @@ impl Walker<'_, '_> {
                 if writer.reserve(&id.0) {
                     let mut data = recycled.try_recv().unwrap_or_default();
                     data.clear();
+                    // Exact sizes keep buffers from growing past MAX_REUSED_BUFFER
+                    // only because a chunk was a little too large for them.
+                    data.reserve_exact(chunk.len());
                     data.extend_from_slice(chunk);
                     if sender.send((id, data)).is_err() {
                         repo_error =

@@ -127,7 +127,8 @@ impl Chunker {
     }
 
     /// Like [`Chunker::chunk_reader`], but reuses `buf` between calls, which saves
-    /// allocating and clearing twice the maximum chunk size for every small file.
+    /// allocating and clearing a buffer larger than the maximum chunk size for
+    /// every small file.
     pub fn chunk_reader_with_buffer<R: Read>(
         &self,
         mut reader: R,
@@ -135,10 +136,10 @@ impl Chunker {
         mut sink: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<u64> {
         let max = self.params.max_size as usize;
-        if buf.len() < max * 2 {
-            buf.resize(max * 2, 0);
-        }
         let step = READ_STEP.min(max);
+        if buf.len() < max + step {
+            buf.resize(max + step, 0);
+        }
         let mut start = 0;
         let mut end = 0;
         let mut eof = false;
