@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes that [`Chunker::chunk_reader_with_buffer`] reads before it looks for
 /// the next cut point. Reading a few chunks at a time, instead of filling the
-/// whole buffer, leaves less to move when the buffer wraps around and keeps
-/// the bytes read in the CPU cache until they are chunked and hashed.
+/// whole buffer, leaves less to move when the buffer wraps around.
 const READ_STEP: usize = 4 << 20;
 
 /// Chunk size limits, stored in the repository config.
