@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::audit::state::{STATE_DIR_VARIABLE, state_dir};
 use crate::display::escape_path;
@@ -231,19 +231,27 @@ fn run_backup(
     let failure: Mutex<Option<RepoError>> = Mutex::new(None);
     let walker_result = std::thread::scope(|scope| {
         let (sender, receiver) = bounded::<(ChunkId, Vec<u8>)>(threads * 2);
+        // Chunk buffers go back to the walker once sealed. The walker, the queue
+        // and the workers hold at most `threads * 3 + 1` of them at a time.
+        let (recycle_sender, recycled) = bounded::<Vec<u8>>(threads * 3 + 1);
         let mut workers = Vec::new();
         for _ in 0..threads {
             let receiver = receiver.clone();
+            let recycle_sender = recycle_sender.clone();
             let writer = &writer;
             let failure = &failure;
-            workers.push(scope.spawn(move || seal_worker(repo, writer, receiver, failure)));
+            workers.push(
+                scope.spawn(move || seal_worker(repo, writer, receiver, recycle_sender, failure)),
+            );
         }
         drop(receiver);
+        drop(recycle_sender);
 
         let mut walker = Walker {
             repo,
             writer: &writer,
             sender,
+            recycled,
             failure: &failure,
             names: NameCache::default(),
             force: options.force,
@@ -374,27 +382,47 @@ fn find_parent(
         .find(|(_, s)| s.hostname == hostname && s.paths == paths && !s.incomplete))
 }
 
+/// Chunk and sealed-object buffers with a larger capacity than this are freed
+/// after use instead of being kept for the next chunk. A few chunks of the
+/// maximum size then do not keep their memory for the rest of the backup.
+const MAX_REUSED_BUFFER: usize = 2 << 20;
+
 fn seal_worker(
     repo: &Repository,
     writer: &BlobWriter<'_>,
     receiver: Receiver<(ChunkId, Vec<u8>)>,
+    recycle: Sender<Vec<u8>>,
     failure: &Mutex<Option<RepoError>>,
 ) {
     let level = repo.config().compression_level;
+    let mut sealed = Vec::new();
     for (id, data) in receiver {
         let result = repo
             .keys()
-            .seal(BlobKind::Chunk.object_kind(), &id.0, &data, level)
+            .seal_into(
+                BlobKind::Chunk.object_kind(),
+                &id.0,
+                &data,
+                level,
+                &mut sealed,
+            )
             .map_err(|e| RepoError::Damaged {
                 object: format!("new chunk {}", id.short()),
                 detail: e.to_string(),
             })
-            .and_then(|sealed| writer.add(BlobKind::Chunk, id.0, &sealed, data.len() as u32));
+            .and_then(|()| writer.add(BlobKind::Chunk, id.0, &sealed, data.len() as u32));
         if let Err(e) = result {
             let mut slot = failure.lock().expect("failure lock");
             if slot.is_none() {
                 *slot = Some(e);
             }
+        }
+        if sealed.capacity() > MAX_REUSED_BUFFER {
+            sealed = Vec::new();
+        }
+        if data.capacity() <= MAX_REUSED_BUFFER {
+            // A full channel or a finished walker only means the buffer is freed.
+            let _ = recycle.try_send(data);
         }
     }
 }
@@ -409,7 +437,9 @@ struct Skeleton {
 struct Walker<'a, 'w> {
     repo: &'a Repository,
     writer: &'w BlobWriter<'a>,
-    sender: crossbeam_channel::Sender<(ChunkId, Vec<u8>)>,
+    sender: Sender<(ChunkId, Vec<u8>)>,
+    /// Chunk buffers that the seal workers are done with.
+    recycled: Receiver<Vec<u8>>,
     failure: &'w Mutex<Option<RepoError>>,
     names: NameCache,
     force: bool,
@@ -871,6 +901,7 @@ impl Walker<'_, '_> {
         let repo = self.repo;
         let writer = self.writer;
         let sender = &self.sender;
+        let recycled = &self.recycled;
         let progress = self.progress;
         let mut repo_error = None;
         let read = repo
@@ -884,9 +915,18 @@ impl Walker<'_, '_> {
                     id,
                     len: chunk.len() as u32,
                 });
-                if writer.reserve(&id.0) && sender.send((id, chunk.to_vec())).is_err() {
-                    repo_error = Some(RepoError::Io(io::Error::other("all seal workers stopped")));
-                    return Err(io::Error::other("seal workers stopped"));
+                if writer.reserve(&id.0) {
+                    let mut data = recycled.try_recv().unwrap_or_default();
+                    data.clear();
+                    // Exact sizes keep buffers from growing past MAX_REUSED_BUFFER
+                    // only because a chunk was a little too large for them.
+                    data.reserve_exact(chunk.len());
+                    data.extend_from_slice(chunk);
+                    if sender.send((id, data)).is_err() {
+                        repo_error =
+                            Some(RepoError::Io(io::Error::other("all seal workers stopped")));
+                        return Err(io::Error::other("seal workers stopped"));
+                    }
                 }
                 Ok(())
             });

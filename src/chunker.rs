@@ -11,6 +11,11 @@ use std::io::{self, Read};
 use fastcdc::v2020::{Normalization, cut_gear, select_masks};
 use serde::{Deserialize, Serialize};
 
+/// Bytes that [`Chunker::chunk_reader_with_buffer`] reads before it looks for
+/// the next cut point. Reading a few chunks at a time, instead of filling the
+/// whole buffer, leaves less to move when the buffer wraps around.
+const READ_STEP: usize = 4 << 20;
+
 /// Chunk size limits, stored in the repository config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
@@ -121,7 +126,8 @@ impl Chunker {
     }
 
     /// Like [`Chunker::chunk_reader`], but reuses `buf` between calls, which saves
-    /// allocating and clearing twice the maximum chunk size for every small file.
+    /// allocating and clearing a buffer larger than the maximum chunk size for
+    /// every small file.
     pub fn chunk_reader_with_buffer<R: Read>(
         &self,
         mut reader: R,
@@ -129,38 +135,56 @@ impl Chunker {
         mut sink: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<u64> {
         let max = self.params.max_size as usize;
-        if buf.len() < max * 2 {
-            buf.resize(max * 2, 0);
+        let step = READ_STEP.min(max);
+        if buf.len() < max + step {
+            buf.resize(max + step, 0);
         }
         let mut start = 0;
         let mut end = 0;
         let mut eof = false;
         let mut total = 0u64;
         loop {
-            if !eof && end - start < max {
+            let available = end - start;
+            if available == 0 && eof {
+                return Ok(total);
+            }
+            if available > 0 {
+                let len = self.cut(&buf[start..end]).max(1);
+                // A cut point depends only on the bytes before it, so a cut
+                // found before the end of the bytes read so far stays where it
+                // is when more bytes follow. Otherwise it is final only with
+                // `max` bytes or the end of the stream in view.
+                if len < available || available >= max || eof {
+                    sink(&buf[start..start + len])?;
+                    start += len;
+                    continue;
+                }
+            }
+            // Moving the unfinished chunk to the front happens only when the
+            // buffer has no room for another read after it. There is always
+            // room afterwards, because less than `max` bytes are moved.
+            if buf.len() - end < step {
                 buf.copy_within(start..end, 0);
                 end -= start;
                 start = 0;
-                while end < buf.len() {
-                    let n = match reader.read(&mut buf[end..]) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    };
-                    if n == 0 {
-                        eof = true;
-                        break;
-                    }
-                    end += n;
-                    total += n as u64;
+            }
+            // Reading a whole step, instead of what one call returns, keeps a
+            // pipe's small reads from making the chunker scan a chunk again
+            // after every read.
+            let target = end + step;
+            while end < target {
+                let n = match reader.read(&mut buf[end..target]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 {
+                    eof = true;
+                    break;
                 }
+                end += n;
+                total += n as u64;
             }
-            if start == end {
-                return Ok(total);
-            }
-            let len = self.cut(&buf[start..end]).max(1);
-            sink(&buf[start..start + len])?;
-            start += len;
         }
     }
 }
@@ -238,6 +262,49 @@ mod tests {
     fn cut_points_depend_on_gear_table() {
         let input = data(200_000);
         assert_ne!(chunks(&chunker(1), &input), chunks(&chunker(2), &input));
+    }
+
+    /// Returns at most `piece` bytes per call, like a pipe.
+    struct SmallReads<'a> {
+        data: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for SmallReads<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.piece.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn cuts_independent_of_read_sizes() {
+        let c = chunker(1);
+        let input = data(300_000);
+        let mut expected = Vec::new();
+        let mut rest = &input[..];
+        while !rest.is_empty() {
+            let len = c.cut(rest).max(1);
+            expected.push(rest[..len].to_vec());
+            rest = &rest[len..];
+        }
+        for piece in [1, 100, 4095, 16384, 65536, 1 << 20] {
+            let mut parts = Vec::new();
+            let reader = SmallReads {
+                data: &input,
+                piece,
+            };
+            let total = c
+                .chunk_reader(reader, |chunk| {
+                    parts.push(chunk.to_vec());
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(total, input.len() as u64, "piece {piece}");
+            assert_eq!(parts, expected, "piece {piece}");
+        }
     }
 
     #[test]

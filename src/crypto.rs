@@ -62,8 +62,10 @@ pub const SEAL_HEADER_LEN: usize = 1 + 4 + 16 + 12;
 /// Bytes before the ciphertext of an object sealed to a public key: the
 /// header above and the ephemeral public key.
 pub const PUBLIC_SEAL_HEADER_LEN: usize = SEAL_HEADER_LEN + 32;
+/// Bytes of the authentication tag at the end of a sealed object.
+const TAG_LEN: usize = 16;
 /// Bytes a sealed object adds to its payload at most: header and tag.
-pub const SEAL_OVERHEAD: usize = PUBLIC_SEAL_HEADER_LEN + 16;
+pub const SEAL_OVERHEAD: usize = PUBLIC_SEAL_HEADER_LEN + TAG_LEN;
 /// Most session keys of public-key objects that one [`Keys`] remembers.
 const MAX_REMEMBERED_SESSIONS: usize = 4096;
 
@@ -357,39 +359,23 @@ impl Keys {
         plaintext: &[u8],
         compression_level: i32,
     ) -> Result<Vec<u8>, CryptoError> {
-        let mut payload = Vec::with_capacity(plaintext.len() + 1);
-        let compressed = if compression_level > 0 && plaintext.len() > 64 {
-            compress(plaintext, compression_level)
-        } else {
-            None
-        };
-        match compressed {
-            Some(c) if c.len() < plaintext.len() => {
-                payload.push(1);
-                payload.extend_from_slice(&c);
-            }
-            _ => {
-                payload.push(0);
-                payload.extend_from_slice(plaintext);
-            }
-        }
-        self.seal_payload(kind, id, payload)
+        let mut out = Vec::new();
+        self.seal_into(kind, id, plaintext, compression_level, &mut out)?;
+        Ok(out)
     }
 
-    fn seal_payload(
+    /// Seals like [`Keys::seal`], but writes the sealed object into `out` and
+    /// replaces its contents. A caller that passes the same buffer for many
+    /// objects saves an allocation per object, and the payload is compressed
+    /// and encrypted in place instead of being copied between buffers.
+    pub fn seal_into(
         &self,
         kind: ObjectKind,
         id: &[u8; 32],
-        mut payload: Vec<u8>,
-    ) -> Result<Vec<u8>, CryptoError> {
-        let mut salt = [0u8; 16];
-        let mut nonce = [0u8; 12];
-        let mut rng = rand::rng();
-        rng.fill(&mut salt);
-        rng.fill(&mut nonce);
-
-        // Each object gets its own key from a random salt, and GCM-SIV stays
-        // safe if a nonce ever repeats, so no nonce counter has to be kept.
+        plaintext: &[u8],
+        compression_level: i32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let current = self.current();
         let (version, epoch, ephemeral, key) = match (&self.session, kind.holds_content()) {
             (Some(session), true) => (
@@ -405,22 +391,64 @@ impl Keys {
                 current.symmetric_key(kind)?,
             ),
         };
+        let header_len = if ephemeral.is_some() {
+            PUBLIC_SEAL_HEADER_LEN
+        } else {
+            SEAL_HEADER_LEN
+        };
+        let body_start = header_len + 1;
+        // Every byte up to the final length is written below, so `resize` only
+        // zeroes the part of a reused buffer that grows.
+        out.resize(body_start + plaintext.len() + TAG_LEN, 0);
+
+        let mut salt = [0u8; 16];
+        let mut nonce = [0u8; 12];
+        let mut rng = rand::rng();
+        rng.fill(&mut salt);
+        rng.fill(&mut nonce);
+        out[0] = version;
+        out[1..5].copy_from_slice(&epoch.to_le_bytes());
+        if let Some(ephemeral) = ephemeral {
+            out[5..37].copy_from_slice(&ephemeral);
+        }
+        out[header_len - 28..header_len - 12].copy_from_slice(&salt);
+        out[header_len - 12..header_len].copy_from_slice(&nonce);
+
+        // The output room is one byte short of the plaintext, so zstd fails
+        // unless the compressed form is strictly shorter.
+        let compressed_len = if compression_level > 0 && plaintext.len() > 64 {
+            let room = &mut out[body_start..body_start + plaintext.len() - 1];
+            compress_into(plaintext, compression_level, room)
+        } else {
+            None
+        };
+        let body_len = match compressed_len {
+            Some(len) => {
+                out[header_len] = 1;
+                len
+            }
+            None => {
+                out[header_len] = 0;
+                out[body_start..body_start + plaintext.len()].copy_from_slice(plaintext);
+                plaintext.len()
+            }
+        };
+        let payload_end = body_start + body_len;
+
+        // Each object gets its own key from a random salt, and GCM-SIV stays
+        // safe if a nonce ever repeats, so no nonce counter has to be kept.
         let cipher = object_cipher(key, &salt);
         let aad = self.associated_data(kind, id, version, epoch);
-        cipher
-            .encrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
+        let tag = cipher
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &aad,
+                (&mut out[header_len..payload_end]).into(),
+            )
             .map_err(|_| CryptoError::Malformed("payload too large to encrypt".into()))?;
-
-        let mut out = Vec::with_capacity(PUBLIC_SEAL_HEADER_LEN + payload.len());
-        out.push(version);
-        out.extend_from_slice(&epoch.to_le_bytes());
-        if let Some(ephemeral) = ephemeral {
-            out.extend_from_slice(&ephemeral);
-        }
-        out.extend_from_slice(&salt);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&payload);
-        Ok(out)
+        out.truncate(payload_end);
+        out.extend_from_slice(&tag);
+        Ok(())
     }
 
     /// Decrypts and decompresses a sealed object with the keys of the epoch
@@ -592,15 +620,74 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Compresses with zstd; `None` when compression fails.
-fn compress(plaintext: &[u8], level: i32) -> Option<Vec<u8>> {
+/// Compresses `plaintext` with zstd into `out` and returns the compressed
+/// length, or `None` when the data looks incompressible, compression fails or
+/// the result does not fit in `out`.
+fn compress_into(plaintext: &[u8], level: i32, out: &mut [u8]) -> Option<usize> {
+    if !looks_compressible(plaintext) {
+        return None;
+    }
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if !matches!(&*slot, Some((l, _)) if *l == level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
         let (_, compressor) = slot.as_mut()?;
-        compressor.compress(plaintext).ok()
+        compressor.compress_to_buffer(plaintext, out).ok()
+    })
+}
+
+/// Inputs shorter than this skip the sample test and are always compressed, so
+/// small files such as most source files keep their compression.
+const SAMPLE_MIN_INPUT: usize = 128 << 10;
+/// Number and length of the samples that [`looks_compressible`] tries.
+const SAMPLE_COUNT: usize = 8;
+const SAMPLE_LEN: usize = 8 << 10;
+/// A sample counts as compressible when zstd level 1 saves at least this many
+/// hundredths of its size.
+const SAMPLE_MIN_SAVING_PERCENT: usize = 3;
+
+thread_local! {
+    /// zstd level 1 context and output buffer for the samples.
+    static SAMPLER: std::cell::RefCell<Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Returns false when zstd is unlikely to shrink `plaintext`, because each of
+/// [`SAMPLE_COUNT`] samples spread evenly over it saves less than
+/// [`SAMPLE_MIN_SAVING_PERCENT`] percent at zstd level 1. One compressible
+/// sample is enough to return true, so data that is only partly compressible
+/// is still compressed.
+///
+/// zstd level 3 still scans incompressible input for matches, at about 3 GB/s
+/// on one core of the benchmark machine in `docs/benchmarks.md` (`zstd -b3` on
+/// 500 MiB of random bytes). For such input the samples cover 64 KiB, a
+/// sixteenth of an average chunk. For compressible input the first 8 KiB
+/// sample usually decides.
+fn looks_compressible(plaintext: &[u8]) -> bool {
+    if plaintext.len() < SAMPLE_MIN_INPUT {
+        return true;
+    }
+    SAMPLER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let Ok(compressor) = zstd::bulk::Compressor::new(1) else {
+                return true;
+            };
+            *slot = Some((compressor, vec![0; SAMPLE_LEN]));
+        }
+        let Some((compressor, scratch)) = slot.as_mut() else {
+            return true;
+        };
+        let room = SAMPLE_LEN - SAMPLE_LEN * SAMPLE_MIN_SAVING_PERCENT / 100;
+        let stride = (plaintext.len() - SAMPLE_LEN) / (SAMPLE_COUNT - 1);
+        (0..SAMPLE_COUNT).any(|i| {
+            let sample = &plaintext[i * stride..i * stride + SAMPLE_LEN];
+            // zstd fails as soon as its output outgrows `room`.
+            compressor
+                .compress_to_buffer(sample, &mut scratch[..room])
+                .is_ok()
+        })
     })
 }
 
@@ -894,6 +981,39 @@ mod tests {
             full.open(ObjectKind::Lock, &[0; 32], &as_lock, 100)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn seal_into_reuses_one_buffer_for_both_header_layouts() {
+        let material = KeyMaterial::generate();
+        let full = Keys::derive([7; 16], &material);
+        let writer = Keys::derive_backup_only([7; 16], &material.backup_only()).unwrap();
+        let compressible = vec![b'a'; 300 << 10];
+        let mut random = vec![0u8; 300 << 10];
+        rand::rng().fill(&mut random[..]);
+        let mut out = Vec::new();
+        // Long objects first, so that the short ones that follow must drop the
+        // stale bytes left in the buffer.
+        for (keys, kind, data) in [
+            (&writer, ObjectKind::Chunk, &random[..]),
+            (&full, ObjectKind::Chunk, &random[..]),
+            (&writer, ObjectKind::Chunk, &compressible[..]),
+            (&writer, ObjectKind::Index, &b"index entries"[..]),
+            (&full, ObjectKind::Tree, &compressible[..1000]),
+            (&writer, ObjectKind::Snapshot, &random[..65]),
+        ] {
+            keys.seal_into(kind, &[3; 32], data, 3, &mut out).unwrap();
+            assert_eq!(full.open(kind, &[3; 32], &out, 1 << 20).unwrap(), data);
+        }
+        // The random chunk is stored, the repeated bytes are compressed.
+        writer
+            .seal_into(ObjectKind::Chunk, &[3; 32], &random, 3, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), random.len() + 1 + SEAL_OVERHEAD);
+        writer
+            .seal_into(ObjectKind::Chunk, &[3; 32], &compressible, 3, &mut out)
+            .unwrap();
+        assert!(out.len() < 1000);
     }
 
     #[test]

@@ -73,10 +73,17 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// Starts an empty pack.
     pub fn new() -> Self {
-        let mut bytes = Vec::with_capacity(super::PACK_TARGET_SIZE + (1 << 20));
-        bytes.extend_from_slice(PACK_MAGIC);
+        Self::with_buffer(Vec::new())
+    }
+
+    /// Starts an empty pack in `buffer`, such as the bytes of a pack already
+    /// written, whose memory is then reused instead of allocated again.
+    pub fn with_buffer(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        buffer.reserve(super::PACK_TARGET_SIZE + (1 << 20));
+        buffer.extend_from_slice(PACK_MAGIC);
         Self {
-            bytes,
+            bytes: buffer,
             entries: Vec::new(),
         }
     }

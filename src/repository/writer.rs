@@ -20,6 +20,8 @@ struct WriterState {
     unindexed: Vec<IndexRecord>,
     written: Vec<IndexRecord>,
     bytes_written: u64,
+    /// The bytes of the last pack written, kept to start the next pack in.
+    spare_buffer: Option<Vec<u8>>,
 }
 
 /// Collects new blobs into packs (chunks and trees apart) and writes each pack
@@ -43,6 +45,7 @@ impl<'a> BlobWriter<'a> {
                 unindexed: Vec::new(),
                 written: Vec::new(),
                 bytes_written: 0,
+                spare_buffer: None,
             }),
             recorded_trees: None,
         }
@@ -82,14 +85,16 @@ impl<'a> BlobWriter<'a> {
         raw_len: u32,
     ) -> Result<(), RepoError> {
         let full = {
-            let mut state = self.state.lock().expect("writer lock");
+            let mut guard = self.state.lock().expect("writer lock");
+            let state = &mut *guard;
             let builder = match kind {
                 BlobKind::Chunk => &mut state.chunks,
                 BlobKind::Tree => &mut state.trees,
             };
             builder.add(kind, id, sealed, raw_len);
             if builder.len() >= PACK_TARGET_SIZE {
-                Some(std::mem::take(builder))
+                let next = PackBuilder::with_buffer(state.spare_buffer.take().unwrap_or_default());
+                Some(std::mem::replace(builder, next))
             } else {
                 None
             }
@@ -155,6 +160,7 @@ impl<'a> BlobWriter<'a> {
         let to_index = {
             let mut state = self.state.lock().expect("writer lock");
             state.bytes_written += bytes.len() as u64;
+            state.spare_buffer = Some(bytes);
             state.written.push(record.clone());
             state.unindexed.push(record);
             if state.unindexed.len() >= PACKS_PER_INDEX_FILE {
