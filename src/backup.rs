@@ -20,6 +20,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::audit::state::{STATE_DIR_VARIABLE, state_dir};
+use crate::direct_read::{DIRECT_MIN_SIZE, DirectBuffer, DirectReader};
 use crate::display::escape_path;
 use crate::exclude::{ExcludeReason, Excludes};
 use crate::id::{ChunkId, SnapshotId, TreeId};
@@ -266,6 +267,7 @@ fn run_backup(
             errors: Vec::new(),
             excluded: 0,
             buffer: Vec::new(),
+            direct_buffer: DirectBuffer::default(),
             local_parents: local_parents.as_ref(),
         };
         let root = walk(&mut walker, parent_tree.as_ref());
@@ -452,6 +454,8 @@ struct Walker<'a, 'w> {
     errors: Vec<EntryError>,
     excluded: u64,
     buffer: Vec<u8>,
+    /// Aligned buffer for reading large files without the page cache.
+    direct_buffer: DirectBuffer,
     /// The trees of the last snapshot, kept on the client, for a backup-only
     /// key.
     local_parents: Option<&'w ParentTrees>,
@@ -823,6 +827,12 @@ impl Walker<'_, '_> {
         let mut content = Vec::new();
         let bytes = if sparse {
             self.read_sparse(&file, before.size(), &mut content)?
+        } else if before.size() >= DIRECT_MIN_SIZE {
+            let mut buffer = std::mem::take(&mut self.direct_buffer);
+            let reader = DirectReader::new(&file, &mut buffer, before.size());
+            let read = self.chunk_stream(reader, &mut content);
+            self.direct_buffer = buffer;
+            read?
         } else {
             self.chunk_stream(&file, &mut content)?
         };

@@ -1,0 +1,277 @@
+//! Reading large files without the page cache.
+//!
+//! A backup reads each large file once, from start to end, and the kernel's
+//! copy from its page cache into the reader's buffer then takes a large share
+//! of the backup's CPU time. With `O_DIRECT` the device writes straight into
+//! the reader's buffer. The buffer, offsets and lengths of such reads must be
+//! aligned to the device's block size; [`DirectReader`] reads whole aligned
+//! blocks into a buffer of its own and hands out the bytes from there.
+//!
+//! Where a file system refuses `O_DIRECT`, or a read comes back short before
+//! the end of the file, the reader clears the flag and goes on with ordinary
+//! reads, so the bytes returned never depend on the flag.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+/// Alignment of buffers, offsets and lengths of direct reads. 4096 covers the
+/// logical block size of common disks and file systems.
+const ALIGN: usize = 4096;
+
+/// Bytes requested by one direct read.
+pub const DIRECT_STEP: usize = 4 << 20;
+
+/// Files smaller than this are read through the page cache: for them the
+/// copy costs little.
+pub const DIRECT_MIN_SIZE: u64 = 32 << 20;
+
+/// An aligned buffer for [`DirectReader`], kept between files.
+#[derive(Default)]
+pub struct DirectBuffer {
+    bytes: Vec<u8>,
+}
+
+impl DirectBuffer {
+    /// Returns the aligned part of the buffer, allocated on first use.
+    fn aligned(&mut self) -> &mut [u8] {
+        if self.bytes.len() < DIRECT_STEP + ALIGN {
+            self.bytes = vec![0; DIRECT_STEP + ALIGN];
+        }
+        let skip = self.bytes.as_ptr().align_offset(ALIGN);
+        &mut self.bytes[skip..skip + DIRECT_STEP]
+    }
+}
+
+/// A reader of a file from its start, with `O_DIRECT` while that works.
+pub struct DirectReader<'a> {
+    file: &'a File,
+    buffer: &'a mut DirectBuffer,
+    /// File offset of the next read from the file.
+    offset: u64,
+    /// Bytes of the aligned buffer that are filled and not yet handed out.
+    pos: usize,
+    filled: usize,
+    direct: bool,
+}
+
+impl<'a> DirectReader<'a> {
+    /// Reads `file` of `size` bytes from its start. The reader turns on
+    /// `O_DIRECT` unless the file looks cached: a cached file is read through
+    /// the cache rather than again from the device. The flag is cleared again
+    /// when the reader is dropped.
+    pub fn new(file: &'a File, buffer: &'a mut DirectBuffer, size: u64) -> Self {
+        let direct = !looks_cached(file, size, buffer.aligned());
+        Self::with_direct(file, buffer, direct)
+    }
+
+    /// Reads `file` from its start, with `O_DIRECT` when `direct` is true and
+    /// the file system takes it.
+    fn with_direct(file: &'a File, buffer: &'a mut DirectBuffer, direct: bool) -> Self {
+        let direct = direct && set_direct(file, true).is_ok();
+        Self {
+            file,
+            buffer,
+            offset: 0,
+            pos: 0,
+            filled: 0,
+            direct,
+        }
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        let file = self.file;
+        let offset = self.offset;
+        let aligned = self.buffer.aligned();
+        let n = if self.direct {
+            match read_full(file, aligned, offset) {
+                // A direct read may only end short at the end of the file. If
+                // it is short for another reason, the next offset is not
+                // aligned, so the reader goes on without the flag.
+                Ok(n) => {
+                    if n < aligned.len() {
+                        self.stop_direct();
+                    }
+                    n
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.stop_direct();
+                    let aligned = self.buffer.aligned();
+                    read_full(file, aligned, offset)?
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            read_full(file, aligned, offset)?
+        };
+        self.offset += n as u64;
+        self.pos = 0;
+        self.filled = n;
+        Ok(())
+    }
+
+    fn stop_direct(&mut self) {
+        if self.direct {
+            self.direct = false;
+            let _ = set_direct(self.file, false);
+        }
+    }
+}
+
+impl Read for DirectReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.filled {
+            self.refill()?;
+        }
+        let n = out.len().min(self.filled - self.pos);
+        out[..n].copy_from_slice(&self.buffer.aligned()[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for DirectReader<'_> {
+    fn drop(&mut self) {
+        self.stop_direct();
+    }
+}
+
+/// Returns true when the first and the middle block of the file are in the
+/// page cache, found by reads that fail instead of waiting for the device.
+/// A kernel or file system without such reads makes it return false.
+fn looks_cached(file: &File, size: u64, scratch: &mut [u8]) -> bool {
+    let middle = size / 2 / ALIGN as u64 * ALIGN as u64;
+    [0, middle].into_iter().all(|offset| {
+        let iov = libc::iovec {
+            iov_base: scratch.as_mut_ptr().cast(),
+            iov_len: ALIGN.min(scratch.len()),
+        };
+        // SAFETY: the iovec points at `scratch`, which outlives the call and
+        // has at least `iov_len` bytes.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        n == iov.iov_len as isize
+    })
+}
+
+/// Reads into `buf` at `offset` until it is full or the file ends.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Sets or clears `O_DIRECT` on an open file.
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl with F_GETFL and F_SETFL on a valid descriptor has no
+    // memory effects.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngExt;
+
+    /// Writes `len` random bytes to a new file in a directory below /var/tmp,
+    /// which is on a disk file system more often than /tmp.
+    fn random_file(len: usize) -> (tempfile::TempDir, File, Vec<u8>) {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mut bytes = vec![0u8; len];
+        rand::rng().fill(&mut bytes[..]);
+        let path = dir.path().join("data");
+        std::fs::write(&path, &bytes).unwrap();
+        (dir, File::open(&path).unwrap(), bytes)
+    }
+
+    /// Reads all of `reader` in reads of the given sizes, in turn.
+    fn read_all(mut reader: impl Read, sizes: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; *sizes.iter().max().unwrap()];
+        for size in sizes.iter().cycle() {
+            let n = reader.read(&mut chunk[..*size]).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn reader_returns_file_with_and_without_flag() {
+        let mut buffer = DirectBuffer::default();
+        // Lengths at, around and between multiples of the block and the step.
+        for len in [
+            0,
+            1,
+            ALIGN - 1,
+            ALIGN,
+            ALIGN + 1,
+            DIRECT_STEP,
+            DIRECT_STEP + 4097,
+            2 * DIRECT_STEP + 123,
+        ] {
+            let (_dir, file, bytes) = random_file(len);
+            for direct in [true, false] {
+                let reader = DirectReader::with_direct(&file, &mut buffer, direct);
+                let got = read_all(reader, &[1 << 20, 7, 65536, 3 << 20]);
+                assert!(got == bytes, "{len} bytes read with direct {direct}");
+            }
+        }
+    }
+
+    #[test]
+    fn reader_drop_clears_flag() {
+        let (_dir, file, bytes) = random_file(ALIGN * 3 + 5);
+        let mut buffer = DirectBuffer::default();
+        let mut reader = DirectReader::with_direct(&file, &mut buffer, true);
+        let mut first = [0u8; 10];
+        reader.read_exact(&mut first).unwrap();
+        assert_eq!(first, bytes[..10]);
+        drop(reader);
+        // SAFETY: F_GETFL on a valid descriptor has no memory effects.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_DIRECT, 0);
+        // Unaligned reads work again.
+        let mut odd = [0u8; 3];
+        file.read_exact_at(&mut odd, 7).unwrap();
+        assert_eq!(odd, bytes[7..10]);
+    }
+
+    #[test]
+    fn looks_cached_after_write() {
+        let (_dir, file, _) = random_file(DIRECT_STEP);
+        let mut buffer = DirectBuffer::default();
+        assert!(looks_cached(&file, DIRECT_STEP as u64, buffer.aligned()));
+    }
+}
