@@ -26,6 +26,9 @@ use crate::exclude::{ExcludeReason, Excludes};
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::meta::{self, NameCache, ShortPath};
 use crate::parent_record::{ParentTrees, RecordKey};
+use crate::prefetch::{
+    self, FileStamp, PREFETCH_THREADS, PREFETCH_WINDOW, PrefetchJob, prefetch_worker,
+};
 use crate::progress::Progress;
 use crate::repository::pack::BlobKind;
 use crate::repository::{BlobWriter, RepoError, Repository};
@@ -247,6 +250,12 @@ fn run_backup(
         }
         drop(receiver);
         drop(recycle_sender);
+        let (prefetch, prefetch_jobs) = bounded::<PrefetchJob>(PREFETCH_THREADS * PREFETCH_WINDOW);
+        for _ in 0..PREFETCH_THREADS {
+            let jobs = prefetch_jobs.clone();
+            scope.spawn(move || prefetch_worker(jobs));
+        }
+        drop(prefetch_jobs);
 
         let mut walker = Walker {
             repo,
@@ -268,17 +277,20 @@ fn run_backup(
             excluded: 0,
             buffer: Vec::new(),
             direct_buffer: DirectBuffer::default(),
+            prefetch: Some(prefetch),
             local_parents: local_parents.as_ref(),
         };
         let root = walk(&mut walker, parent_tree.as_ref());
         let Walker {
             sender,
+            prefetch,
             summary,
             errors,
             excluded,
             ..
         } = walker;
         drop(sender);
+        drop(prefetch);
         for worker in workers {
             worker.join().expect("seal worker panicked");
         }
@@ -456,6 +468,8 @@ struct Walker<'a, 'w> {
     buffer: Vec<u8>,
     /// Aligned buffer for reading large files without the page cache.
     direct_buffer: DirectBuffer,
+    /// Entries to read ahead of the walker.
+    prefetch: Option<Sender<PrefetchJob>>,
     /// The trees of the last snapshot, kept on the client, for a backup-only
     /// key.
     local_parents: Option<&'w ParentTrees>,
@@ -794,11 +808,24 @@ impl Walker<'_, '_> {
         names.sort();
 
         let mut nodes = Vec::with_capacity(names.len());
-        for name in names {
+        let mut offered = 0;
+        for (i, name) in names.iter().enumerate() {
             self.check_failure()?;
-            let child = path.join(std::ffi::OsStr::from_bytes(&name));
-            let parent_node = parent_tree.as_ref().and_then(|t| t.find(&name));
-            if let Some(node) = self.backup_entry(&child, &name, parent_node, false)? {
+            if let Some(prefetch) = &self.prefetch {
+                let end = names.len().min(i + 1 + PREFETCH_WINDOW);
+                for ahead in &names[offered.max(i + 1)..end] {
+                    let known = match parent_tree.as_ref().and_then(|t| t.find(ahead)) {
+                        Some(node) if !self.force => FileStamp::of_node(node),
+                        _ => None,
+                    };
+                    let path = path.join(std::ffi::OsStr::from_bytes(ahead));
+                    prefetch::offer(prefetch, PrefetchJob { path, known });
+                }
+                offered = offered.max(end);
+            }
+            let child = path.join(std::ffi::OsStr::from_bytes(name));
+            let parent_node = parent_tree.as_ref().and_then(|t| t.find(name));
+            if let Some(node) = self.backup_entry(&child, name, parent_node, false)? {
                 nodes.push(node);
             }
         }

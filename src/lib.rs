@@ -17,6 +17,7 @@ pub mod fuse;
 pub mod id;
 pub mod meta;
 pub mod parent_record;
+pub mod prefetch;
 pub mod progress;
 pub mod prune;
 pub mod repair;
