@@ -20,7 +20,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::audit::state::{STATE_DIR_VARIABLE, state_dir};
-use crate::direct_read::{DIRECT_MIN_SIZE, DirectBuffer, DirectReader};
+use crate::direct_io::{DIRECT_MIN_SIZE, DirectBuffer, DirectReader};
 use crate::display::escape_path;
 use crate::exclude::{ExcludeReason, Excludes};
 use crate::id::{ChunkId, SnapshotId, TreeId};

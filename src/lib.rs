@@ -10,7 +10,7 @@ pub mod config;
 pub mod copy;
 pub mod crypto;
 pub mod diff;
-pub mod direct_read;
+pub mod direct_io;
 pub mod display;
 pub mod exclude;
 pub mod fuse;

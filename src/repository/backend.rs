@@ -3,7 +3,7 @@
 //! key file is replaced whole when its slots change.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -131,8 +131,10 @@ impl LocalBackend {
         let suffix: u64 = rand::rng().random();
         let tmp = dir.join(format!(".tmp-{suffix:016x}"));
         let result = (|| {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            file.write_all(bytes)?;
+            let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            // Large files such as packs skip the page cache, whose copy can cost
+            // more CPU time than the rest of the write.
+            crate::direct_io::write_direct(&file, bytes)?;
             file.sync_all()?;
             if replace {
                 fs::rename(&tmp, &path)?;

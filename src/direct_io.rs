@@ -1,15 +1,16 @@
-//! Reading large files without the page cache.
+//! Reading and writing large files without the page cache.
 //!
-//! A backup reads each large file once, from start to end, and the kernel's
-//! copy from its page cache into the reader's buffer then takes a large share
-//! of the backup's CPU time. With `O_DIRECT` the device writes straight into
-//! the reader's buffer. The buffer, offsets and lengths of such reads must be
-//! aligned to the device's block size; [`DirectReader`] reads whole aligned
-//! blocks into a buffer of its own and hands out the bytes from there.
+//! A backup reads each large file once, from start to end, and writes each
+//! pack once. The kernel's copies between its page cache and the process's
+//! buffers then take a large share of the backup's CPU time. With `O_DIRECT`
+//! the device reads from and writes to the process's buffer instead. The
+//! buffer, offsets and lengths of such transfers must be aligned to the
+//! device's block size, so [`DirectReader`] and [`write_direct`] go through an
+//! aligned buffer of their own.
 //!
-//! Where a file system refuses `O_DIRECT`, or a read comes back short before
-//! the end of the file, the reader clears the flag and goes on with ordinary
-//! reads, so the bytes returned never depend on the flag.
+//! Where a file system rejects `O_DIRECT`, or a transfer ends short, the flag
+//! is cleared and the rest goes through the page cache, so the bytes read or
+//! written never depend on the flag.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -176,6 +177,51 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
+/// Writes smaller than this go through the page cache.
+pub const DIRECT_WRITE_MIN_SIZE: usize = 1 << 20;
+
+thread_local! {
+    /// Aligned buffer of [`write_direct`], kept for the thread's next write.
+    static WRITE_BUFFER: std::cell::RefCell<DirectBuffer> =
+        std::cell::RefCell::new(DirectBuffer::default());
+}
+
+/// Writes all of `bytes` at the start of `file`, which must be open for
+/// writing and not in append mode. Writes of at least [`DIRECT_WRITE_MIN_SIZE`]
+/// bytes go through `O_DIRECT` in whole blocks, and the last partial block
+/// through the page cache. `file` is left without the flag.
+pub fn write_direct(file: &File, bytes: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    if bytes.len() >= DIRECT_WRITE_MIN_SIZE && set_direct(file, true).is_ok() {
+        let aligned_len = bytes.len() / ALIGN * ALIGN;
+        let direct = WRITE_BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            let aligned = buffer.aligned();
+            while written < aligned_len {
+                let len = (aligned_len - written).min(aligned.len());
+                aligned[..len].copy_from_slice(&bytes[written..written + len]);
+                match file.write_at(&aligned[..len], written as u64) {
+                    // A short direct write leaves an unaligned offset, so the
+                    // rest goes through the page cache.
+                    Ok(n) if n == len => written += n,
+                    Ok(n) => {
+                        written += n;
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        let cleared = set_direct(file, false);
+        direct?;
+        cleared?;
+    }
+    file.write_all_at(&bytes[written..], written as u64)
+}
+
 /// Sets or clears `O_DIRECT` on an open file.
 fn set_direct(file: &File, on: bool) -> io::Result<()> {
     let fd = file.as_raw_fd();
@@ -266,6 +312,38 @@ mod tests {
         let mut odd = [0u8; 3];
         file.read_exact_at(&mut odd, 7).unwrap();
         assert_eq!(odd, bytes[7..10]);
+    }
+
+    #[test]
+    fn write_direct_writes_all_bytes() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        for len in [
+            0,
+            10,
+            DIRECT_WRITE_MIN_SIZE - 1,
+            DIRECT_WRITE_MIN_SIZE,
+            DIRECT_STEP + 1,
+            2 * DIRECT_STEP + ALIGN + 17,
+        ] {
+            let mut bytes = vec![0u8; len];
+            rand::rng().fill(&mut bytes[..]);
+            let path = dir.path().join(format!("file-{len}"));
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            write_direct(&file, &bytes).unwrap();
+
+            // SAFETY: F_GETFL on a valid descriptor has no memory effects.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_DIRECT, 0, "flag left on after {len} bytes");
+            drop(file);
+            assert!(
+                std::fs::read(&path).unwrap() == bytes,
+                "{len} bytes written"
+            );
+        }
     }
 
     #[test]
