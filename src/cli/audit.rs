@@ -18,6 +18,7 @@ use crate::audit::{
     AUDIT_DIR, Appended, AuditArg, AuditEntry, AuditWriter, Outcome, Record, list_entries,
     open_entry,
 };
+use crate::display::count;
 use crate::repository::{RepoError, Repository};
 
 #[derive(Debug, Args)]
@@ -254,8 +255,8 @@ fn verify(repo: &Repository) -> anyhow::Result<i32> {
     match &report.head {
         Some((seq, name, hash)) => {
             println!(
-                "audit log intact: {} entries, head {}",
-                report.entries,
+                "audit log intact: {}, head {}",
+                count(report.entries as u64, "entry"),
                 hex::encode(hash)
             );
             if let Some(dir) = &dir {

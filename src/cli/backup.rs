@@ -7,7 +7,7 @@ use clap::Args;
 use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_INCOMPLETE, EXIT_OK, audit, open};
 use crate::backup::{BackupOptions, BackupOutcome, backup, backup_stream};
-use crate::display::escape_path;
+use crate::display::{count, escape_path};
 use crate::exclude::{ExcludeOptions, Excludes};
 use crate::stream::CommandStream;
 use crate::tree::Timestamp;
@@ -212,8 +212,13 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> anyhow::Result<i32> {
         Ok(EXIT_OK)
     } else {
         eprintln!(
-            "warning: {} entries could not be read and are missing from snapshot {}",
-            outcome.errors.len(),
+            "warning: {} could not be read and {} missing from snapshot {}",
+            count(outcome.errors.len() as u64, "entry"),
+            if outcome.errors.len() == 1 {
+                "is"
+            } else {
+                "are"
+            },
             outcome.id.short()
         );
         Ok(EXIT_INCOMPLETE)
@@ -245,13 +250,16 @@ fn print_summary(cli: &Cli, args: &BackupArgs, outcome: &BackupOutcome) -> anyho
         println!("{}", serde_json::to_string(&json)?);
     } else if !cli.quiet {
         let excluded = if outcome.excluded > 0 {
-            format!("; {} entries excluded", outcome.excluded)
+            format!("; {} excluded", count(outcome.excluded, "entry"))
         } else {
             String::new()
         };
         println!(
-            "files: {} new, {} changed, {} unchanged; {} directories{excluded}",
-            s.files_new, s.files_changed, s.files_unchanged, s.dirs
+            "files: {} new, {} changed, {} unchanged; {}{excluded}",
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            count(s.dirs, "directory")
         );
         println!(
             "read {}, added {} to the repository, in {:.1} s",

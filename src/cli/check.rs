@@ -3,6 +3,7 @@ use clap::Args;
 use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_FAILURE, EXIT_OK, audit, open};
 use crate::check::{CheckOptions, CheckReport, ReadData, check_with_progress};
+use crate::display::count;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -84,13 +85,13 @@ fn print_text(cli: &Cli, report: &CheckReport, read_data: ReadData, healthy: boo
         return;
     }
     println!(
-        "checked {} snapshots, {} trees, {} blobs in {} packs{}",
-        report.snapshots,
-        report.trees,
-        report.blobs,
-        report.packs,
+        "checked {}, {}, {} in {}{}",
+        count(report.snapshots as u64, "snapshot"),
+        count(report.trees as u64, "tree"),
+        count(report.blobs as u64, "blob"),
+        count(report.packs as u64, "pack"),
         if read_data != ReadData::None {
-            format!(", read {} packs", report.packs_read)
+            format!(", read {}", count(report.packs_read as u64, "pack"))
         } else {
             String::new()
         }

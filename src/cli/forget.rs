@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::prune::print_report;
 use super::{Cli, EXIT_OK, audit, open};
-use crate::display::escape_path;
+use crate::display::{count, escape_path};
 use crate::id::SnapshotId;
 use crate::prune::{PruneOptions, PruneReport, prune};
 use crate::repository::Repository;
@@ -345,9 +345,12 @@ fn run_prune(
 
 fn print_totals(args: &ForgetArgs, removed: usize, prune_report: Option<&PruneReport>) {
     if args.dry_run {
-        println!("dry run: would remove {removed} snapshots, removed nothing");
+        println!(
+            "dry run: would remove {}, removed nothing",
+            count(removed as u64, "snapshot")
+        );
     } else {
-        println!("removed {removed} snapshots");
+        println!("removed {}", count(removed as u64, "snapshot"));
     }
     match prune_report {
         Some(report) => print_report(report, false),

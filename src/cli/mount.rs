@@ -4,6 +4,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::{Cli, EXIT_OK, audit, open};
+use crate::display::count;
 use crate::fuse::{MountOptions, WriteThroughOptions, mount, mount_write_through};
 
 #[derive(Debug, Args)]
@@ -121,11 +122,11 @@ pub fn run(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
             println!("snapshot {} saved (parent {parent})", id.to_hex());
             if !cli.quiet {
                 eprintln!(
-                    "incoming/: {} new files, {} changed files, {} directories written, {} bytes added",
-                    snapshot.summary.files_new,
-                    snapshot.summary.files_changed,
-                    snapshot.summary.dirs,
-                    snapshot.summary.bytes_added
+                    "incoming/: {} new, {} changed, {} written, {} added",
+                    count(snapshot.summary.files_new, "file"),
+                    count(snapshot.summary.files_changed, "file"),
+                    count(snapshot.summary.dirs, "directory"),
+                    count(snapshot.summary.bytes_added, "byte")
                 );
             }
         }

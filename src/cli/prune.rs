@@ -4,6 +4,7 @@ use super::backup::human_bytes;
 use super::forget::prune_json;
 use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_OK, audit, open};
+use crate::display::count;
 use crate::prune::{PruneOptions, PruneReport, prune_with_progress};
 
 #[derive(Debug, Args)]
@@ -38,15 +39,16 @@ impl PruneArgs {
 pub fn print_report(report: &PruneReport, dry_run: bool) {
     let verb = if dry_run { "would delete" } else { "deleted" };
     println!(
-        "{} blobs in use, {} unused",
-        report.used_blobs, report.unused_blobs
+        "{} in use, {} unused",
+        count(report.used_blobs, "blob"),
+        report.unused_blobs
     );
     println!(
-        "{verb} {} unused packs, {} packs no index lists; {} {} packs",
-        report.packs_deleted,
-        report.packs_unindexed,
+        "{verb} {} unused, {} that no index lists; {} {}",
+        count(report.packs_deleted, "pack"),
+        count(report.packs_unindexed, "pack"),
         if dry_run { "would repack" } else { "repacked" },
-        report.packs_repacked
+        count(report.packs_repacked, "pack")
     );
     if !dry_run {
         println!(

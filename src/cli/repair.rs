@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 
 use super::{Cli, EXIT_FAILURE, EXIT_OK, audit, open};
 use crate::check::read_packs;
+use crate::display::count;
 use crate::repair::{repair_index, repair_snapshots};
 
 #[derive(Debug, Args)]
@@ -55,13 +56,14 @@ pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
                 audit::commit_ok();
             } else {
                 audit::set_failure(format!(
-                    "{} packs could not be read",
-                    outcome.packs_unreadable.len()
+                    "{} could not be read",
+                    count(outcome.packs_unreadable.len() as u64, "pack")
                 ));
             }
             println!(
-                "indexed {} blobs from {} packs",
-                outcome.blobs, outcome.packs_indexed
+                "indexed {} from {}",
+                count(outcome.blobs as u64, "blob"),
+                count(outcome.packs_indexed as u64, "pack")
             );
             for problem in &outcome.packs_unreadable {
                 println!("error: {problem}");
@@ -109,7 +111,7 @@ pub fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<i32> {
                     println!("  {path}");
                 }
             }
-            println!("{} snapshots repaired", repairs.len());
+            println!("{} repaired", count(repairs.len() as u64, "snapshot"));
             Ok(EXIT_OK)
         }
     }

@@ -5,7 +5,7 @@ use clap::Args;
 use super::backup::human_bytes;
 use super::progress::{ItemNoun, ProgressDisplay};
 use super::{Cli, EXIT_FAILURE, EXIT_OK, audit, open};
-use crate::display::escape_path;
+use crate::display::{count, escape_path};
 use crate::restore::{RestoreOptions, restore_with_progress};
 
 #[derive(Debug, Args)]
@@ -46,8 +46,8 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
         audit::commit_ok();
     } else {
         audit::set_failure(format!(
-            "{} entries could not be restored",
-            outcome.errors.len()
+            "{} could not be restored",
+            count(outcome.errors.len() as u64, "entry")
         ));
     }
     if args.json {
@@ -67,21 +67,21 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string(&json)?);
     } else if !cli.quiet {
         println!(
-            "restored snapshot {} to {}: {} files ({}), {} directories, {} other entries",
+            "restored snapshot {} to {}: {} ({}), {}, {}",
             id.short(),
             args.target.display(),
-            outcome.files,
+            count(outcome.files, "file"),
             human_bytes(outcome.bytes),
-            outcome.dirs,
-            outcome.others
+            count(outcome.dirs, "directory"),
+            count(outcome.others, "other entry")
         );
     }
     if outcome.errors.is_empty() {
         Ok(EXIT_OK)
     } else {
         eprintln!(
-            "error: {} entries could not be restored; run `cairn check --read-data` to see the damage",
-            outcome.errors.len()
+            "error: {} could not be restored; run `cairn check --read-data` to see the damage",
+            count(outcome.errors.len() as u64, "entry")
         );
         Ok(EXIT_FAILURE)
     }

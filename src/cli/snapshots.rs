@@ -1,6 +1,7 @@
 use clap::Args;
 
 use super::{Cli, EXIT_OK, open};
+use crate::display::count;
 
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
@@ -58,6 +59,6 @@ pub fn run(cli: &Cli, args: &SnapshotsArgs) -> anyhow::Result<i32> {
             if s.incomplete { " (incomplete)" } else { "" }
         );
     }
-    println!("{} snapshots", snapshots.len());
+    println!("{}", count(snapshots.len() as u64, "snapshot"));
     Ok(EXIT_OK)
 }

@@ -1,6 +1,7 @@
 use clap::Args;
 
 use super::{Cli, EXIT_OK, audit, open};
+use crate::display::count;
 use crate::repository::lock::read_locks;
 use crate::tree::Timestamp;
 
@@ -31,6 +32,6 @@ pub fn run(cli: &Cli, args: &UnlockArgs) -> anyhow::Result<i32> {
         }
     }
     audit::commit_ok();
-    println!("{removed} locks removed");
+    println!("{} removed", count(removed as u64, "lock"));
     Ok(EXIT_OK)
 }
