@@ -106,6 +106,48 @@ fn added_key_opens_repository() {
 }
 
 #[test]
+fn key_list_json_names_kinds() {
+    let repo = Repo::new("first password");
+    let file = repo.password_file("web.pw", "web password");
+    let output = repo.run(
+        "first password",
+        &[
+            "key",
+            "add",
+            "--name",
+            "web01",
+            "--backup-only",
+            "--new-password-file",
+            path_arg(&file),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+
+    let output = repo.run("web password", &["key", "list", "--json"]);
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    let list: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("key list --json prints JSON");
+    let keys = list.as_array().expect("a JSON array");
+    assert_eq!(keys.len(), 2, "{list}");
+    assert_eq!(keys[0]["name"], "default");
+    assert_eq!(keys[0]["kind"], "full");
+    assert_eq!(keys[0]["current"], false);
+    assert_eq!(keys[1]["name"], "web01");
+    assert_eq!(keys[1]["kind"], "backup-only");
+    assert_eq!(keys[1]["current"], true);
+    assert!(
+        keys[1]["created"].as_str().is_some_and(|t| t.contains('T')),
+        "{list}"
+    );
+    assert!(
+        keys[1]["created_by"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty()),
+        "{list}"
+    );
+}
+
+#[test]
 fn removed_key_cannot_open_repository() {
     let repo = Repo::new("first password");
     let file = repo.password_file("bob.pw", "bob password");

@@ -17,7 +17,7 @@ impl KeyArgs {
     /// Returns the operation name of the audit log, or `None` for `key list`.
     pub fn operation(&self) -> Option<&'static str> {
         match self.command {
-            KeyCommand::List => None,
+            KeyCommand::List { .. } => None,
             KeyCommand::Add { .. } => Some("key add"),
             KeyCommand::Remove { .. } => Some("key remove"),
             KeyCommand::Passwd { .. } => Some("key passwd"),
@@ -31,7 +31,7 @@ impl KeyArgs {
     /// `None` for `key list`.
     pub fn needs_full_key(&self) -> Option<&'static str> {
         match self.command {
-            KeyCommand::List => None,
+            KeyCommand::List { .. } => None,
             KeyCommand::Add { .. } => Some("add keys"),
             KeyCommand::Remove { .. } => Some("remove keys"),
             KeyCommand::Passwd { .. } => {
@@ -45,7 +45,11 @@ impl KeyArgs {
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
     /// List the key slots with their names, creation times and creators.
-    List,
+    List {
+        /// Print a JSON array of key objects on one line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Add a named key slot with its own password.
     Add {
         /// Name of the new key, such as a person or a machine.
@@ -114,11 +118,28 @@ fn new_password(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
 
 pub fn run(cli: &Cli, args: &KeyArgs) -> anyhow::Result<i32> {
     let (repo, current_password) = open_with_password(cli)?;
-    if !matches!(args.command, KeyCommand::List) {
+    if !matches!(args.command, KeyCommand::List { .. }) {
         repo.backend().check_can_delete("changing keys")?;
     }
     match &args.command {
-        KeyCommand::List => {
+        KeyCommand::List { json: true } => {
+            let list: Vec<_> = repo
+                .key_file()?
+                .slots
+                .iter()
+                .map(|slot| {
+                    serde_json::json!({
+                        "name": slot.name,
+                        "kind": slot.kind.label(),
+                        "created": slot.created.to_rfc3339(),
+                        "created_by": slot.created_by,
+                        "current": slot.name == repo.slot_name(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string(&list)?);
+        }
+        KeyCommand::List { json: false } => {
             println!(
                 "{:<2} {:<24} {:<12} {:<21} created by",
                 "", "name", "kind", "created (UTC)"
