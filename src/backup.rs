@@ -566,7 +566,9 @@ impl Walker<'_, '_> {
 
     fn report(&mut self, path: &Path, reason: &str) {
         let escaped = escape_path(path.as_os_str().as_bytes());
-        tracing::warn!("skipped {escaped}: {reason}");
+        // The line on stderr is the message for the user; the log line is
+        // for runs with -vv, so the default output does not say it twice.
+        tracing::debug!("skipped {escaped}: {reason}");
         eprintln!("error: {escaped}: {reason}");
         self.errors.push(EntryError {
             path: path.as_os_str().as_bytes().to_vec(),
@@ -870,7 +872,7 @@ impl Walker<'_, '_> {
             || after.mtime_nsec() != before.mtime_nsec()
             || after.size() != before.size()
         {
-            tracing::warn!(
+            tracing::debug!(
                 "{} changed while it was read",
                 escape_path(path.as_os_str().as_bytes())
             );
