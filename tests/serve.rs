@@ -695,3 +695,22 @@ fn https_with_trusted_certificate_only() {
         server.log()
     );
 }
+
+#[test]
+fn sigterm_stops_server_after_requests() {
+    let mut setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+    setup.backup(Client::Writer, &source);
+
+    let status = setup.server.terminate();
+    let log = setup.server.log();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("server stopped"), "{log}");
+
+    // What the server wrote before it stopped is complete.
+    setup.server.restart();
+    assert_eq!(setup.snapshot_count(Client::Reader), 1);
+    setup.check_read_data(Client::Reader);
+}

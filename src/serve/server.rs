@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
@@ -61,6 +63,8 @@ struct Server {
     repositories: BTreeMap<String, Arc<RepositoryStore>>,
     clients: Vec<Client>,
     max_body_len: usize,
+    /// Requests being served, which a stop on SIGTERM waits for.
+    in_flight: AtomicUsize,
 }
 
 /// The parts of a request that its log line shows.
@@ -445,7 +449,8 @@ fn open_repositories(
     Ok(stores)
 }
 
-/// Serves the repositories of `config` on `listen` until the process ends.
+/// Serves the repositories of `config` on `listen` until SIGTERM or SIGINT,
+/// then waits up to [`DRAIN_TIMEOUT`] for the requests in progress.
 /// Prints `listening on http(s)://ADDRESS` on standard output once the port
 /// is bound, with the port that the system chose for port 0.
 pub fn serve(
@@ -463,6 +468,7 @@ pub fn serve(
         repositories,
         clients: config.clients,
         max_body_len,
+        in_flight: AtomicUsize::new(0),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -492,8 +498,21 @@ pub fn serve(
                 "serving plain HTTP on {local}: tokens and file names cross the network unencrypted; use --tls-cert and --tls-key unless the network is trusted"
             );
         }
-        loop {
-            let (stream, peer) = match listener.accept().await {
+        let mut terminate = signal(SignalKind::terminate()).map_err(|source| ServeError::Io {
+            context: "cannot watch for SIGTERM".into(),
+            source,
+        })?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| ServeError::Io {
+            context: "cannot watch for SIGINT".into(),
+            source,
+        })?;
+        let stopped_by = loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = terminate.recv() => break "SIGTERM",
+                _ = interrupt.recv() => break "SIGINT",
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Such as too many open files; the next accept may work.
@@ -513,8 +532,49 @@ pub fn serve(
                     None => serve_connection(server, TokioIo::new(stream), peer).await,
                 }
             });
-        }
+        };
+        drain(&server, stopped_by).await;
+        Ok(())
     })
+}
+
+/// Maximum wait after SIGTERM or SIGINT for requests that are being served.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until no request is being served, or [`DRAIN_TIMEOUT`] has passed.
+/// A request cut off by the exit leaves no partial file: every write goes
+/// to a temporary file that is renamed only once complete.
+async fn drain(server: &Server, stopped_by: &str) {
+    let busy = server.in_flight.load(Ordering::SeqCst);
+    tracing::info!("{stopped_by} received: no new connections; {busy} requests in progress");
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while server.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = server.in_flight.load(Ordering::SeqCst);
+    if left > 0 {
+        tracing::warn!(
+            "stopping with {left} requests in progress after {} s; their clients see a closed connection",
+            DRAIN_TIMEOUT.as_secs()
+        );
+    }
+    tracing::info!("server stopped");
+}
+
+/// Counts a request as in progress while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn start(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn serve_connection<I>(server: Arc<Server>, io: I, peer: SocketAddr)
@@ -527,7 +587,9 @@ where
             let method = request.method().clone();
             let path = request.uri().path().to_string();
             let mut log = RequestLog::default();
+            let in_flight = InFlight::start(&server.in_flight);
             let response = server.handle(request, &mut log).await;
+            drop(in_flight);
             tracing::info!(
                 client = log.client.as_deref().unwrap_or("-"),
                 repository = log.repository.as_deref().unwrap_or("-"),

@@ -156,6 +156,27 @@ impl CairnServer {
         }
     }
 
+    /// Sends SIGTERM and returns the exit status. Fails the test if the
+    /// server is still running a minute later.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        // SAFETY: kill has no memory effects.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0, "send SIGTERM to cairn serve");
+        for _ in 0..600 {
+            if let Some(status) = child.try_wait().expect("wait for cairn serve") {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "cairn serve still ran a minute after SIGTERM:\n{}",
+            self.log()
+        );
+    }
+
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.kill();
