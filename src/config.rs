@@ -10,6 +10,11 @@
 //! path = "/mnt/offline/cairn"
 //! password_file = "/etc/cairn/offline.pw"
 //!
+//! [repositories.offsite]
+//! path = "cairn:https://backup.example.com:8443/alpha"
+//! password_file = "/etc/cairn/offsite.pw"
+//! token_file = "/etc/cairn/offsite.token"
+//!
 //! [datasets.home]
 //! repository = "main"
 //! paths = ["/home"]
@@ -60,6 +65,9 @@ pub struct RepositoryConfig {
     /// File whose first line is the password; otherwise the environment or a
     /// prompt supplies it, as for `--repo`.
     pub password_file: Option<Spanned<PathBuf>>,
+    /// File whose first line is the token of a `cairn:` server repository;
+    /// otherwise `--token-file` or the environment supplies it.
+    pub token_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[datasets.NAME]`.
@@ -412,6 +420,29 @@ impl LoadedConfig {
                 &format!("{key}.password_file"),
                 "the password file does not exist or is not a regular file".into(),
             ));
+        }
+        if let Some(file) = &repository.token_file {
+            let is_server = matches!(
+                Location::parse(repository.path.get_ref().as_os_str()),
+                Ok(Location::Server(_))
+            );
+            let message = if !is_server {
+                Some(
+                    "a token file is only used by repositories on a cairn serve server (a cairn: URL); remove it or change the path",
+                )
+            } else if !file.get_ref().is_file() {
+                Some("the token file does not exist or is not a regular file")
+            } else {
+                None
+            };
+            if let Some(message) = message {
+                problems.push(self.problem(
+                    Severity::Error,
+                    file.span(),
+                    &format!("{key}.token_file"),
+                    message.into(),
+                ));
+            }
         }
     }
 

@@ -714,3 +714,122 @@ fn sigterm_stops_server_after_requests() {
     assert_eq!(setup.snapshot_count(Client::Reader), 1);
     setup.check_read_data(Client::Reader);
 }
+
+#[test]
+fn each_repository_uses_its_token_file() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+    let password = setup.path("password");
+    let local = setup.path("local");
+    let output = cairn_command()
+        .arg("--repo")
+        .arg(&local)
+        .arg("--password-file")
+        .arg(&password)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+
+    // The dataset lives on the server and is copied to a local directory; no
+    // token is given on the command line or in the environment.
+    let config = setup.path("cairn.toml");
+    let write_config = |local_token: &str| {
+        let text = format!(
+            r#"[repositories.remote]
+path = "{url}"
+password_file = "{password}"
+token_file = "{token}"
+
+[repositories.local]
+path = "{local}"
+password_file = "{password}"
+{local_token}
+
+[datasets.home]
+repository = "remote"
+paths = ["{source}"]
+copy_to = ["local"]
+"#,
+            url = setup.server.url(),
+            password = password.display(),
+            token = setup.server.token_file(Client::Writer).display(),
+            local = local.display(),
+            source = source.display(),
+        );
+        fs::write(&config, text).unwrap();
+    };
+    write_config("");
+    let output = cairn_command()
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "home"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_OK),
+        "{}\n--- server log ---\n{}",
+        describe(&output),
+        setup.server.log()
+    );
+    assert_eq!(setup.snapshot_count(Client::Reader), 1);
+    let local_snapshots = |repo: &Path| {
+        let output = cairn_command()
+            .arg("--repo")
+            .arg(repo)
+            .arg("--password-file")
+            .arg(&password)
+            .args(["snapshots", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+        parse_json(&stdout_of(&output)).as_array().unwrap().len()
+    };
+    assert_eq!(local_snapshots(&local), 1);
+
+    // copy takes the source's token from --from-token-file.
+    let second = setup.path("second");
+    let output = cairn_command()
+        .arg("--repo")
+        .arg(&second)
+        .arg("--password-file")
+        .arg(&password)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    let output = cairn_command()
+        .arg("--password-file")
+        .arg(&password)
+        .arg("copy")
+        .arg("--from")
+        .arg(setup.server.url())
+        .arg("--from-password-file")
+        .arg(&password)
+        .arg("--from-token-file")
+        .arg(setup.server.token_file(Client::Reader))
+        .arg("--to")
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    assert_eq!(local_snapshots(&second), 1);
+
+    // A token file on a repository that is not on a server is a config error.
+    write_config(&format!(
+        "token_file = \"{}\"",
+        setup.server.token_file(Client::Writer).display()
+    ));
+    let output = cairn_command()
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("repositories.local.token_file"), "{stderr}");
+    assert!(stderr.contains("cairn serve"), "{stderr}");
+}

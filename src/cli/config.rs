@@ -148,6 +148,10 @@ fn global_args(cli: &Cli, repository: &RepositoryConfig) -> Vec<OsString> {
         args.push("--password-file".into());
         args.push(file.into());
     }
+    if let Some(file) = &repository.token_file {
+        args.push("--token-file".into());
+        args.push(file.get_ref().into());
+    }
     if cli.quiet {
         args.push("--quiet".into());
     }
@@ -319,10 +323,18 @@ fn copy_dataset(
     let from = Endpoint {
         path: source.path.get_ref(),
         password: password_of(source)?,
+        token_file: source
+            .token_file
+            .as_ref()
+            .map(|file| file.get_ref().as_path()),
     };
     let to = Endpoint {
         path: target.path.get_ref(),
         password: password_of(target)?,
+        token_file: target
+            .token_file
+            .as_ref()
+            .map(|file| file.get_ref().as_path()),
     };
     let tags = [format!("dataset:{name}")];
     let request = CopyRequest {

@@ -24,6 +24,10 @@ pub struct CopyArgs {
     /// CAIRN_FROM_PASSWORD, or a prompt on the terminal.
     #[arg(long, env = "CAIRN_FROM_PASSWORD_FILE", value_name = "FILE")]
     from_password_file: Option<PathBuf>,
+    /// Token file for a source on a cairn serve server; otherwise the token of
+    /// --token-file or the environment, which the destination uses.
+    #[arg(long, env = "CAIRN_FROM_TOKEN_FILE", value_name = "FILE")]
+    from_token_file: Option<PathBuf>,
     /// Destination repository directory, --repo (CAIRN_REPO) by default. Its
     /// password comes from --password-file, CAIRN_PASSWORD or a prompt.
     #[arg(long, value_name = "REPO")]
@@ -54,12 +58,16 @@ rewritten, which reads every chunk of the copied snapshots.";
 /// Default of --lock-wait in seconds, the same as for a backup.
 pub const DEFAULT_LOCK_WAIT_SECS: u64 = 3600;
 
-/// One end of a copy: a repository directory and its password.
+/// One end of a copy: a repository location, its password and, for a
+/// server, its token file.
 pub struct Endpoint<'a> {
-    /// Repository directory.
+    /// Repository directory or URL.
     pub path: &'a Path,
     /// Its password.
     pub password: Vec<u8>,
+    /// Token file for a repository on a `cairn serve` server, when it is not
+    /// the one of `--token-file` or the environment.
+    pub token_file: Option<&'a Path>,
 }
 
 /// The snapshots to copy and the output format.
@@ -93,10 +101,12 @@ pub fn run(cli: &Cli, args: &CopyArgs) -> anyhow::Result<i32> {
     let source = Endpoint {
         path: &args.from,
         password: from_password,
+        token_file: args.from_token_file.as_deref(),
     };
     let dest = Endpoint {
         path: to,
         password: password(cli, false)?,
+        token_file: None,
     };
     let request = CopyRequest {
         snapshots: &args.snapshots,
@@ -114,14 +124,27 @@ pub fn copy_between(
     dest: &Endpoint<'_>,
     request: &CopyRequest<'_>,
 ) -> anyhow::Result<i32> {
-    let from =
-        open_at(source.path, &source.password, "copy", "copy snapshots").with_context(|| {
-            format!(
-                "cannot open the source repository {}",
-                source.path.display()
-            )
-        })?;
-    let to = open_at(dest.path, &dest.password, "copy", "copy snapshots").with_context(|| {
+    let from = open_at(
+        source.path,
+        &source.password,
+        source.token_file,
+        "copy",
+        "copy snapshots",
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the source repository {}",
+            source.path.display()
+        )
+    })?;
+    let to = open_at(
+        dest.path,
+        &dest.password,
+        dest.token_file,
+        "copy",
+        "copy snapshots",
+    )
+    .with_context(|| {
         format!(
             "cannot open the destination repository {}",
             dest.path.display()

@@ -430,18 +430,20 @@ fn needs_full_key(command: &Command) -> Option<&'static str> {
     }
 }
 
-/// Opens the repository at `value`, a directory or an `s3:` URL, for
-/// `operation` of `command`, which needs a full key. Fails with
-/// [`RepoError::NotFound`] if there is no repository. A backup-only key is
-/// refused, and the refusal recorded in the repository's audit log.
+/// Opens the repository at `value`, a directory or a URL, for `operation` of
+/// `command`, which needs a full key. A server's token comes from
+/// `token_file` when given. Fails with [`RepoError::NotFound`] if there is no
+/// repository. A backup-only key is refused, and the refusal recorded in the
+/// repository's audit log.
 fn open_at(
     value: &Path,
     password: &[u8],
+    token_file: Option<&Path>,
     command: &str,
     operation: &str,
 ) -> anyhow::Result<Repository> {
     let location = Location::parse(value.as_os_str())?;
-    let backend = location.connect()?;
+    let backend = location.connect_with_token(token_file)?;
     if !Repository::exists(backend.as_ref())? {
         return Err(RepoError::NotFound(location.to_string()).into());
     }
@@ -471,6 +473,10 @@ pub struct InitArgs {
     /// otherwise CAIRN_LIKE_PASSWORD, or a prompt on the terminal.
     #[arg(long, env = "CAIRN_LIKE_PASSWORD_FILE", value_name = "FILE")]
     like_password_file: Option<PathBuf>,
+    /// Token file for a --like repository on a cairn serve server; otherwise
+    /// the token of --token-file or the environment.
+    #[arg(long, env = "CAIRN_LIKE_TOKEN_FILE", value_name = "FILE")]
+    like_token_file: Option<PathBuf>,
 }
 
 fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
@@ -490,6 +496,7 @@ fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<i32> {
             let repo = open_at(
                 like_path,
                 &like_password,
+                args.like_token_file.as_deref(),
                 "init",
                 "share its keys with a new repository",
             )

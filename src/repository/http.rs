@@ -15,7 +15,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,11 +47,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const RUNTIME_THREADS: usize = 2;
 
 /// `--token-file`, which takes precedence over the environment.
-static TOKEN_FILE: OnceLock<PathBuf> = OnceLock::new();
+static TOKEN_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// Sets the token file given on the command line. Only the first call counts.
+/// Sets the token file given on the command line. `cairn run` parses a
+/// command line per step, with the token file of that step's repository, so
+/// the last call counts.
 pub fn set_token_file(path: PathBuf) {
-    let _ = TOKEN_FILE.set(path);
+    *TOKEN_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
 }
 
 /// The parts of a `cairn:` repository URL.
@@ -157,14 +159,15 @@ impl fmt::Debug for HttpSettings {
 }
 
 impl HttpSettings {
-    /// Reads the token from `--token-file`, else `CAIRN_TOKEN_FILE`, else
-    /// `CAIRN_TOKEN`, and the other settings from `CAIRN_CA_FILE`,
-    /// `CAIRN_HTTP_REQUEST_TIMEOUT` and `CAIRN_HTTP_RETRY_TIMEOUT`.
-    pub fn from_env() -> Result<Self, String> {
+    /// Reads the token from `token_file` when given, else `--token-file`,
+    /// else `CAIRN_TOKEN_FILE`, else `CAIRN_TOKEN`, and the other settings
+    /// from `CAIRN_CA_FILE`, `CAIRN_HTTP_REQUEST_TIMEOUT` and
+    /// `CAIRN_HTTP_RETRY_TIMEOUT`.
+    pub fn from_env(token_file: Option<&Path>) -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let token_file = TOKEN_FILE
-            .get()
-            .cloned()
+        let token_file = token_file
+            .map(Path::to_path_buf)
+            .or_else(|| TOKEN_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .or_else(|| var("CAIRN_TOKEN_FILE").map(PathBuf::from));
         let token = match token_file {
             Some(path) => String::from_utf8(read_token_file(&path)?)

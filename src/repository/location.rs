@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::http::{self, HttpBackend, HttpSettings, ServerUrl};
 use super::s3::{self, S3Backend, S3Settings, S3Url};
@@ -54,6 +54,15 @@ impl Location {
     /// from the environment and checks that the bucket can be listed, and for
     /// a server it reads the token and asks the server for the token's role.
     pub fn connect(&self) -> Result<Box<dyn Backend>, RepoError> {
+        self.connect_with_token(None)
+    }
+
+    /// Like [`Location::connect`], but a server's token comes from
+    /// `token_file` when given, before `--token-file` and the environment.
+    pub fn connect_with_token(
+        &self,
+        token_file: Option<&Path>,
+    ) -> Result<Box<dyn Backend>, RepoError> {
         match self {
             Self::Local(path) => Ok(Box::new(LocalBackend::new(path))),
             Self::S3(url) => {
@@ -62,7 +71,7 @@ impl Location {
                 Ok(Box::new(S3Backend::connect(url.clone(), &settings)?))
             }
             Self::Server(url) => {
-                let settings = HttpSettings::from_env()
+                let settings = HttpSettings::from_env(token_file)
                     .map_err(|e| RepoError::Location(format!("cannot open {url}: {e}")))?;
                 Ok(Box::new(HttpBackend::connect(url.clone(), &settings)?))
             }

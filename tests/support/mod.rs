@@ -40,6 +40,8 @@ pub fn cairn_command() -> Command {
         "CAIRN_FROM_PASSWORD_FILE",
         "CAIRN_LIKE_PASSWORD",
         "CAIRN_LIKE_PASSWORD_FILE",
+        "CAIRN_LIKE_TOKEN_FILE",
+        "CAIRN_FROM_TOKEN_FILE",
         "CAIRN_S3_REQUEST_TIMEOUT",
         "CAIRN_S3_RETRY_TIMEOUT",
         "CAIRN_TOKEN",
