@@ -722,10 +722,14 @@ impl Walker<'_, '_> {
                     }
                     Err(ReadError::Repo(e)) => return Err(e),
                 }
-                if parent.is_some() {
-                    self.summary.files_changed += 1;
-                } else {
-                    self.summary.files_new += 1;
+                match parent {
+                    // A file read again only because of --force, or because
+                    // its chunks were pruned, is unchanged if it reads the same.
+                    Some(old) if same_metadata(old, &node) && old.content == node.content => {
+                        self.summary.files_unchanged += 1;
+                    }
+                    Some(_) => self.summary.files_changed += 1,
+                    None => self.summary.files_new += 1,
                 }
                 self.summary.total_bytes += node.size;
                 self.count_file_done();
@@ -774,18 +778,13 @@ impl Walker<'_, '_> {
     /// True when the file's metadata matches the parent's and all its chunks are
     /// still stored, so its content need not be read.
     fn unchanged(&self, old: &Node, new: &Node) -> bool {
-        old.size == new.size
-            && old.mtime == new.mtime
-            && old.ctime == new.ctime
-            && old.inode == new.inode
-            && old.dev == new.dev
-            && {
-                let index = self.repo.index();
-                old.content.iter().all(|e| match e {
-                    Extent::Data { id, .. } => index.contains(&id.0),
-                    Extent::Hole { .. } => true,
-                })
-            }
+        same_metadata(old, new) && {
+            let index = self.repo.index();
+            old.content.iter().all(|e| match e {
+                Extent::Data { id, .. } => index.contains(&id.0),
+                Extent::Hole { .. } => true,
+            })
+        }
     }
 
     fn backup_dir_contents(
@@ -974,6 +973,16 @@ impl Walker<'_, '_> {
         }
         read.map_err(ReadError::Source)
     }
+}
+
+/// True when size, mtime, ctime, inode and device number match: what decides
+/// that a file need not be read again.
+fn same_metadata(old: &Node, new: &Node) -> bool {
+    old.size == new.size
+        && old.mtime == new.mtime
+        && old.ctime == new.ctime
+        && old.inode == new.inode
+        && old.dev == new.dev
 }
 
 fn push_hole(content: &mut Vec<Extent>, len: u64) {

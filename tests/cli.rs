@@ -508,6 +508,23 @@ fn backup_unchanged_tree_adds_nothing() {
 }
 
 #[test]
+fn forced_reread_counts_unchanged_files() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    write_small_tree(&src);
+    fs::write(src.join("random.bin"), pseudo_random_bytes(3 << 20, 3)).unwrap();
+    fixture.backup(&[&src], &[]);
+    fs::write(src.join("random.bin"), pseudo_random_bytes(3 << 20, 4)).unwrap();
+
+    let forced = fixture.backup(&[&src], &["--force"]);
+    assert_eq!(forced["files_new"], 0, "{forced}");
+    assert_eq!(forced["files_changed"], 1, "{forced}");
+    assert_eq!(forced["files_unchanged"], 4, "{forced}");
+    let read = forced["bytes_read"].as_u64().expect("bytes_read");
+    assert!(read > 3 << 20, "--force read only {read} bytes: {forced}");
+}
+
+#[test]
 fn diff_lists_changed_removed_added() {
     let fixture = Fixture::new();
     let src = fixture.path("src");
