@@ -815,12 +815,29 @@ impl Walker<'_, '_> {
             if let Some(prefetch) = &self.prefetch {
                 let end = names.len().min(i + 1 + PREFETCH_WINDOW);
                 for ahead in &names[offered.max(i + 1)..end] {
+                    let path = path.join(std::ffi::OsStr::from_bytes(ahead));
+                    // Prefetch threads open only regular files, and an
+                    // excluded one must not be opened at all.
+                    if self.excludes.match_pattern(&path, false).is_some() {
+                        continue;
+                    }
                     let known = match parent_tree.as_ref().and_then(|t| t.find(ahead)) {
                         Some(node) if !self.force => FileStamp::of_node(node),
                         _ => None,
                     };
-                    let path = path.join(std::ffi::OsStr::from_bytes(ahead));
-                    prefetch::offer(prefetch, PrefetchJob { path, known });
+                    let device = if self.one_file_system {
+                        self.device
+                    } else {
+                        None
+                    };
+                    prefetch::offer(
+                        prefetch,
+                        PrefetchJob {
+                            path,
+                            known,
+                            device,
+                        },
+                    );
                 }
                 offered = offered.max(end);
             }

@@ -5,7 +5,9 @@
 //! of the directory being walked, `lstat` them and ask the kernel to read
 //! the files that the walker will read into the page cache. When the walker
 //! gets there, it finds the inode and the data cached. The threads only give
-//! the kernel hints, so nothing they do changes what the backup stores.
+//! the kernel hints, so nothing they do changes what the backup stores, and
+//! they never open a file that an exclude pattern or `--one-file-system`
+//! leaves out.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -35,6 +37,9 @@ pub struct PrefetchJob {
     /// Metadata of the entry in the parent snapshot. When the entry still has
     /// it, the walker will not read the file, so only its inode is read ahead.
     pub known: Option<FileStamp>,
+    /// With `--one-file-system`, the device of the walk: a file on another
+    /// device is excluded, so it is not opened.
+    pub device: Option<u64>,
 }
 
 /// The metadata that decides whether a file is unchanged since the parent
@@ -86,6 +91,9 @@ pub fn prefetch_worker(jobs: Receiver<PrefetchJob>) {
             continue;
         };
         if !md.is_file() || md.size() == 0 || md.size() > PREFETCH_MAX_SIZE {
+            continue;
+        }
+        if job.device.is_some_and(|device| device != md.dev()) {
             continue;
         }
         if job.known.as_ref() == Some(&FileStamp::of_metadata(&md)) {

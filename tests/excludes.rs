@@ -338,3 +338,80 @@ fn exclude_rejected_with_stdin() {
         describe(&output)
     );
 }
+
+/// Watches `path` for opens with inotify and returns the descriptor.
+fn watch_opens(path: &Path) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    // SAFETY: inotify_init1 has no memory effects; the descriptor is owned below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just returned by inotify_init1 and nothing else owns it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `name` is a valid C string that outlives the call.
+    let watch = unsafe { libc::inotify_add_watch(fd, name.as_ptr(), libc::IN_OPEN) };
+    assert!(
+        watch >= 0,
+        "inotify_add_watch: {}",
+        std::io::Error::last_os_error()
+    );
+    owned
+}
+
+/// Returns the number of bytes of inotify events waiting on `fd`.
+fn pending_events(fd: &std::os::fd::OwnedFd) -> isize {
+    use std::os::fd::AsRawFd;
+
+    let mut buffer = [0u8; 4096];
+    // SAFETY: the buffer is valid for its length during the call.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+    if n < 0 {
+        let error = std::io::Error::last_os_error();
+        assert_eq!(
+            error.raw_os_error(),
+            Some(libc::EAGAIN),
+            "read inotify: {error}"
+        );
+        return 0;
+    }
+    n
+}
+
+#[test]
+fn excluded_files_are_never_opened() {
+    let fixture = Fixture::new();
+    let root = fixture.path("many");
+    // The excluded file sits among files that the walker reads, so the
+    // entries read ahead of the walker include it.
+    for i in 0..20 {
+        write_file(&root, &format!("a{i:02}.c"), b"int x;\n");
+    }
+    write_file(&root, "b.o", b"object code\n");
+    for i in 0..20 {
+        write_file(&root, &format!("c{i:02}.c"), b"int y;\n");
+    }
+    let excluded = root.join("b.o");
+    let read = root.join("c00.c");
+    let excluded_watch = watch_opens(&excluded);
+    let read_watch = watch_opens(&read);
+
+    let summary = fixture.backup(&[&root], &["--exclude", "*.o"]);
+    assert_eq!(summary["excluded"], 1, "{summary}");
+    assert!(
+        pending_events(&read_watch) > 0,
+        "the watch saw no open of {}",
+        read.display()
+    );
+    assert_eq!(
+        pending_events(&excluded_watch),
+        0,
+        "the backup opened {}",
+        excluded.display()
+    );
+}
