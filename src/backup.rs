@@ -869,17 +869,25 @@ impl Walker<'_, '_> {
         }
 
         let sparse = before.blocks() * 512 < before.size();
+        // Reading stops at the size seen at open, so a file that grows while
+        // it is read (a log being written) cannot keep the backup reading.
+        // Files that show size 0 but have content, as in /proc, are read to
+        // their end.
+        let limit = match before.size() {
+            0 => u64::MAX,
+            size => size,
+        };
         let mut content = Vec::new();
         let bytes = if sparse {
             self.read_sparse(&file, before.size(), &mut content)?
         } else if before.size() >= DIRECT_MIN_SIZE {
             let mut buffer = std::mem::take(&mut self.direct_buffer);
-            let reader = DirectReader::new(&file, &mut buffer, before.size());
+            let reader = DirectReader::new(&file, &mut buffer, before.size()).take(limit);
             let read = self.chunk_stream(reader, &mut content);
             self.direct_buffer = buffer;
             read?
         } else {
-            self.chunk_stream(&file, &mut content)?
+            self.chunk_stream((&file).take(limit), &mut content)?
         };
         self.summary.bytes_read += bytes;
 

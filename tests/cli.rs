@@ -525,6 +525,69 @@ fn forced_reread_counts_unchanged_files() {
 }
 
 #[test]
+fn growing_file_is_read_to_size_at_open() {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let path = src.join("app.log");
+    let initial = pseudo_random_bytes(8 << 20, 5);
+    fs::write(&path, &initial).unwrap();
+
+    // A writer starts appending as soon as the backup opens the file and
+    // appends far faster than the backup reads, up to 128 MiB.
+    let mut appender = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    // SAFETY: inotify_init1 has no memory effects.
+    let inotify = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    assert!(
+        inotify >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `name` is a valid C string that outlives the call.
+    let watch = unsafe { libc::inotify_add_watch(inotify, name.as_ptr(), libc::IN_OPEN) };
+    assert!(
+        watch >= 0,
+        "inotify_add_watch: {}",
+        std::io::Error::last_os_error()
+    );
+    let writer = std::thread::spawn(move || {
+        let mut event = [0u8; 4096];
+        // SAFETY: the buffer is valid for its length; the call blocks until
+        // the backup opens the file.
+        let n = unsafe { libc::read(inotify, event.as_mut_ptr().cast(), event.len()) };
+        assert!(n > 0, "read inotify: {}", std::io::Error::last_os_error());
+        let block = vec![b'x'; 64 << 10];
+        for _ in 0..(128 << 20) / block.len() {
+            appender.write_all(&block).unwrap();
+        }
+        // SAFETY: the descriptor is not used after this.
+        unsafe { libc::close(inotify) };
+    });
+    let summary = fixture.backup(&[&src], &[]);
+    writer.join().unwrap();
+
+    let read = summary["bytes_read"].as_u64().expect("bytes_read");
+    let limit = initial.len() as u64 + (64 << 20);
+    assert!(
+        read < limit,
+        "the backup read {read} bytes of a file of {} bytes at open: {summary}",
+        initial.len()
+    );
+    let target = fixture.restore("latest", "target");
+    let restored = fs::read(restored_path(&target, &src).join("app.log")).unwrap();
+    assert_eq!(restored.len() as u64, read);
+    assert!(
+        restored[..initial.len()] == initial[..],
+        "restored file lost its start"
+    );
+    assert!(restored[initial.len()..].iter().all(|b| *b == b'x'));
+}
+
+#[test]
 fn diff_lists_changed_removed_added() {
     let fixture = Fixture::new();
     let src = fixture.path("src");
