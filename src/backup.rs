@@ -518,9 +518,25 @@ impl Walker<'_, '_> {
                 continue;
             }
             // A directory above a backed-up path: keep its metadata, and only the
-            // entries that lead to backed-up paths.
-            let md = match fs::symlink_metadata(&path) {
-                Ok(md) if md.is_dir() => md,
+            // entries that lead to backed-up paths. A symlink to a directory
+            // here (such as /bin to usr/bin) is followed, as the system does
+            // for the path given, and stored as the directory it points to.
+            let (md, real) = match fs::symlink_metadata(&path) {
+                Ok(md) if md.is_dir() => (md, path.clone()),
+                Ok(md) if md.file_type().is_symlink() => {
+                    match fs::canonicalize(&path).and_then(|real| Ok((fs::metadata(&real)?, real)))
+                    {
+                        Ok((md, real)) if md.is_dir() => (md, real),
+                        Ok(_) => {
+                            self.report(&path, "is a symlink to something other than a directory");
+                            continue;
+                        }
+                        Err(e) => {
+                            self.report(&path, &format!("symlink not followed: {e}"));
+                            continue;
+                        }
+                    }
+                }
                 Ok(_) => {
                     self.report(&path, "is not a directory");
                     continue;
@@ -531,7 +547,7 @@ impl Walker<'_, '_> {
                 }
             };
             let mut node = meta::node_from_metadata(name, NodeKind::Dir, &md, &self.names);
-            match meta::read_xattrs(&path) {
+            match meta::read_xattrs(&real) {
                 Ok(xattrs) => {
                     if !xattrs.is_empty() {
                         *self.summary.xattr_entries.get_or_insert(0) += 1;

@@ -588,6 +588,34 @@ fn growing_file_is_read_to_size_at_open() {
 }
 
 #[test]
+fn path_below_directory_symlink_is_followed() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir_all(src.join("real")).unwrap();
+    fs::write(src.join("real/file"), b"reached through a link\n").unwrap();
+    std::os::unix::fs::symlink("real", src.join("link")).unwrap();
+
+    let given = src.join("link/file");
+    let summary = fixture.backup(&[&given], &[]);
+    assert_eq!(
+        summary["errors"].as_array().map(Vec::len),
+        Some(0),
+        "{summary}"
+    );
+    assert_eq!(summary["files_new"], 1, "{summary}");
+
+    let target = fixture.restore("latest", "target");
+    let restored = restored_path(&target, &given);
+    assert_eq!(fs::read(&restored).unwrap(), b"reached through a link\n");
+    assert!(
+        fs::symlink_metadata(restored.parent().unwrap())
+            .unwrap()
+            .is_dir(),
+        "the link above the path is restored as a directory"
+    );
+}
+
+#[test]
 fn diff_lists_changed_removed_added() {
     let fixture = Fixture::new();
     let src = fixture.path("src");
