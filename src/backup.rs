@@ -83,6 +83,9 @@ pub struct BackupOutcome {
     /// Entries left out by exclude rules or `one_file_system`. Entries below an
     /// excluded directory are not listed, so they are not counted.
     pub excluded: u64,
+    /// Files whose size or mtime changed while they were read. The snapshot
+    /// contains the bytes read, which may mix old and new content.
+    pub changed_while_read: u64,
 }
 
 /// Makes a path absolute and removes `.` and `..` components without resolving
@@ -275,6 +278,7 @@ fn run_backup(
             },
             errors: Vec::new(),
             excluded: 0,
+            changed_while_read: 0,
             buffer: Vec::new(),
             direct_buffer: DirectBuffer::default(),
             prefetch: Some(prefetch),
@@ -287,6 +291,7 @@ fn run_backup(
             summary,
             errors,
             excluded,
+            changed_while_read,
             ..
         } = walker;
         drop(sender);
@@ -297,9 +302,9 @@ fn run_backup(
         if let Some(e) = failure.lock().expect("failure lock").take() {
             return Err(e);
         }
-        root.map(|tree| (tree, summary, errors, excluded))
+        root.map(|tree| (tree, summary, errors, excluded, changed_while_read))
     });
-    let (tree, mut summary, errors, excluded) = walker_result?;
+    let (tree, mut summary, errors, excluded, changed_while_read) = walker_result?;
 
     let recorded_trees = writer.take_recorded_trees();
     let mut bytes_added = writer.finish()?;
@@ -333,6 +338,7 @@ fn run_backup(
         snapshot,
         errors,
         excluded,
+        changed_while_read,
     })
 }
 
@@ -465,6 +471,7 @@ struct Walker<'a, 'w> {
     summary: BackupSummary,
     errors: Vec<EntryError>,
     excluded: u64,
+    changed_while_read: u64,
     buffer: Vec<u8>,
     /// Aligned buffer for reading large files without the page cache.
     direct_buffer: DirectBuffer,
@@ -912,6 +919,7 @@ impl Walker<'_, '_> {
             || after.mtime_nsec() != before.mtime_nsec()
             || after.size() != before.size()
         {
+            self.changed_while_read += 1;
             tracing::debug!(
                 "{} changed while it was read",
                 escape_path(path.as_os_str().as_bytes())

@@ -238,6 +238,7 @@ fn print_summary(cli: &Cli, args: &BackupArgs, outcome: &BackupOutcome) -> anyho
             "files_unchanged": s.files_unchanged,
             "dirs": s.dirs,
             "excluded": outcome.excluded,
+            "changed_while_read": outcome.changed_while_read,
             "bytes_read": s.bytes_read,
             "bytes_added": s.bytes_added,
             "total_bytes": s.total_bytes,
@@ -268,6 +269,12 @@ fn print_summary(cli: &Cli, args: &BackupArgs, outcome: &BackupOutcome) -> anyho
             s.duration_ms as f64 / 1000.0
         );
         println!("snapshot {} saved", outcome.id.short());
+    }
+    if outcome.changed_while_read > 0 && !cli.quiet {
+        eprintln!(
+            "warning: {} changed while read; back up again for a copy that matches one moment",
+            count(outcome.changed_while_read, "file")
+        );
     }
     Ok(())
 }
