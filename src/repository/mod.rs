@@ -97,7 +97,7 @@ pub enum RepoError {
     Missing(String),
     /// The storage has no room for a new file.
     #[error(
-        "no space left in repository {location}: writing {needed} bytes failed with {available} bytes free; free at least {needed} bytes (prune, or move the repository) and run the command again; the repository stays readable"
+        "no space left in repository {location}: writing a file of {needed} bytes failed with {available} bytes free; free at least as much space as the new data still to be stored, which is more than this one file (prune, or move the repository), and run the command again; the repository stays readable"
     )]
     NoSpace {
         /// Repository location.
