@@ -84,9 +84,9 @@ fn damaged_pack_read_fails_eio() {
 
     // Reads that succeed must return the source bytes. Some reads must fail.
     // A read that starts on good bytes and runs into the damaged chunk ends
-    // short instead of failing, so the rest of each range is read again until
-    // it is complete or fails: a damaged chunk smaller than one read, such as
-    // the file's last chunk, is then still found.
+    // short instead of failing. So the rest of each range is read again until
+    // it is complete or fails, which also finds a damaged chunk smaller than
+    // one read, such as the file's last chunk.
     let file = File::open(&mounted_large).expect("open large.bin on the mount");
     let mut failed_reads = 0;
     let mut buffer = vec![0u8; READ_SIZE];

@@ -589,8 +589,8 @@ impl Walker<'_, '_> {
 
     fn report(&mut self, path: &Path, reason: &str) {
         let escaped = escape_path(path.as_os_str().as_bytes());
-        // The line on stderr is the message for the user; the log line is
-        // for runs with -vv, so the default output does not say it twice.
+        // The line on stderr is the message for the user. The log line is at
+        // debug level, so the default output does not say it twice.
         tracing::debug!("skipped {escaped}: {reason}");
         eprintln!("error: {escaped}: {reason}");
         self.errors.push(EntryError {
@@ -832,38 +832,14 @@ impl Walker<'_, '_> {
         names.sort();
 
         let mut nodes = Vec::with_capacity(names.len());
-        let mut offered = 0;
+        // Entries from `offered` on have not been handed to the prefetch
+        // threads yet, and the walker reads the first entry itself.
+        let mut offered = 1;
         for (i, name) in names.iter().enumerate() {
             self.check_failure()?;
-            if let Some(prefetch) = &self.prefetch {
-                let end = names.len().min(i + 1 + PREFETCH_WINDOW);
-                for ahead in &names[offered.max(i + 1)..end] {
-                    let path = path.join(std::ffi::OsStr::from_bytes(ahead));
-                    // Prefetch threads open only regular files, and an
-                    // excluded one must not be opened at all.
-                    if self.excludes.match_pattern(&path, false).is_some() {
-                        continue;
-                    }
-                    let known = match parent_tree.as_ref().and_then(|t| t.find(ahead)) {
-                        Some(node) if !self.force => FileStamp::of_node(node),
-                        _ => None,
-                    };
-                    let device = if self.one_file_system {
-                        self.device
-                    } else {
-                        None
-                    };
-                    prefetch::offer(
-                        prefetch,
-                        PrefetchJob {
-                            path,
-                            known,
-                            device,
-                        },
-                    );
-                }
-                offered = offered.max(end);
-            }
+            let end = names.len().min(i + 1 + PREFETCH_WINDOW);
+            self.read_ahead(path, &names[offered..end], parent_tree.as_deref());
+            offered = end;
             let child = path.join(std::ffi::OsStr::from_bytes(name));
             let parent_node = parent_tree.as_ref().and_then(|t| t.find(name));
             if let Some(node) = self.backup_entry(&child, name, parent_node, false)? {
@@ -871,6 +847,38 @@ impl Walker<'_, '_> {
             }
         }
         self.writer.store_tree(&Tree { nodes })
+    }
+
+    /// Hands the entries `names` of directory `dir` to the prefetch threads.
+    /// Entries that an exclude pattern leaves out as files are skipped, because
+    /// the threads open regular files and an excluded one must not be opened.
+    fn read_ahead(&self, dir: &Path, names: &[Vec<u8>], parent_tree: Option<&Tree>) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        let device = if self.one_file_system {
+            self.device
+        } else {
+            None
+        };
+        for name in names {
+            let path = dir.join(std::ffi::OsStr::from_bytes(name));
+            if self.excludes.match_pattern(&path, false).is_some() {
+                continue;
+            }
+            let known = match parent_tree.and_then(|t| t.find(name)) {
+                Some(node) if !self.force => FileStamp::of_node(node),
+                _ => None,
+            };
+            prefetch::offer(
+                prefetch,
+                PrefetchJob {
+                    path,
+                    known,
+                    device,
+                },
+            );
+        }
     }
 
     fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<(), ReadError> {

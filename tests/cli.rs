@@ -4,6 +4,8 @@
 //! own temporary directory. The tests expect to run as root, as CI does, because
 //! they change owners, set a setuid bit and switch to user `nobody` with `setpriv`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -527,7 +529,6 @@ fn forced_reread_counts_unchanged_files() {
 #[test]
 fn growing_file_is_read_to_size_at_open() {
     use std::io::Write;
-    use std::os::unix::ffi::OsStrExt;
 
     let fixture = Fixture::new();
     let src = fixture.path("src");
@@ -539,33 +540,13 @@ fn growing_file_is_read_to_size_at_open() {
     // A writer starts appending as soon as the backup opens the file and
     // appends far faster than the backup reads, up to 128 MiB.
     let mut appender = fs::OpenOptions::new().append(true).open(&path).unwrap();
-    // SAFETY: inotify_init1 has no memory effects.
-    let inotify = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-    assert!(
-        inotify >= 0,
-        "inotify_init1: {}",
-        std::io::Error::last_os_error()
-    );
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: `name` is a valid C string that outlives the call.
-    let watch = unsafe { libc::inotify_add_watch(inotify, name.as_ptr(), libc::IN_OPEN) };
-    assert!(
-        watch >= 0,
-        "inotify_add_watch: {}",
-        std::io::Error::last_os_error()
-    );
+    let watch = support::OpenWatch::new(&path, true);
     let writer = std::thread::spawn(move || {
-        let mut event = [0u8; 4096];
-        // SAFETY: the buffer is valid for its length; the call blocks until
-        // the backup opens the file.
-        let n = unsafe { libc::read(inotify, event.as_mut_ptr().cast(), event.len()) };
-        assert!(n > 0, "read inotify: {}", std::io::Error::last_os_error());
+        watch.wait();
         let block = vec![b'x'; 64 << 10];
         for _ in 0..(128 << 20) / block.len() {
             appender.write_all(&block).unwrap();
         }
-        // SAFETY: the descriptor is not used after this.
-        unsafe { libc::close(inotify) };
     });
     let summary = fixture.backup(&[&src], &[]);
     writer.join().unwrap();

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use support::{EXIT_FAILURE, EXIT_OK, Fixture, describe, stderr_of, write_file};
+use support::{EXIT_FAILURE, EXIT_OK, Fixture, OpenWatch, describe, stderr_of, write_file};
 
 /// Returns the snapshot's paths below `root`, relative to it, as a set.
 fn listed_below(fixture: &Fixture, root: &Path) -> BTreeSet<String> {
@@ -339,50 +339,6 @@ fn exclude_rejected_with_stdin() {
     );
 }
 
-/// Watches `path` for opens with inotify and returns the descriptor.
-fn watch_opens(path: &Path) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-
-    // SAFETY: inotify_init1 has no memory effects; the descriptor is owned below.
-    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    assert!(
-        fd >= 0,
-        "inotify_init1: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: fd was just returned by inotify_init1 and nothing else owns it.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: `name` is a valid C string that outlives the call.
-    let watch = unsafe { libc::inotify_add_watch(fd, name.as_ptr(), libc::IN_OPEN) };
-    assert!(
-        watch >= 0,
-        "inotify_add_watch: {}",
-        std::io::Error::last_os_error()
-    );
-    owned
-}
-
-/// Returns the number of bytes of inotify events waiting on `fd`.
-fn pending_events(fd: &std::os::fd::OwnedFd) -> isize {
-    use std::os::fd::AsRawFd;
-
-    let mut buffer = [0u8; 4096];
-    // SAFETY: the buffer is valid for its length during the call.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
-    if n < 0 {
-        let error = std::io::Error::last_os_error();
-        assert_eq!(
-            error.raw_os_error(),
-            Some(libc::EAGAIN),
-            "read inotify: {error}"
-        );
-        return 0;
-    }
-    n
-}
-
 #[test]
 fn excluded_files_are_never_opened() {
     let fixture = Fixture::new();
@@ -398,18 +354,18 @@ fn excluded_files_are_never_opened() {
     }
     let excluded = root.join("b.o");
     let read = root.join("c00.c");
-    let excluded_watch = watch_opens(&excluded);
-    let read_watch = watch_opens(&read);
+    let excluded_watch = OpenWatch::new(&excluded, false);
+    let read_watch = OpenWatch::new(&read, false);
 
     let summary = fixture.backup(&[&root], &["--exclude", "*.o"]);
     assert_eq!(summary["excluded"], 1, "{summary}");
     assert!(
-        pending_events(&read_watch) > 0,
+        read_watch.pending() > 0,
         "the watch saw no open of {}",
         read.display()
     );
     assert_eq!(
-        pending_events(&excluded_watch),
+        excluded_watch.pending(),
         0,
         "the backup opened {}",
         excluded.display()

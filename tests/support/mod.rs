@@ -383,3 +383,81 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     bytes.truncate(len);
     bytes
 }
+
+/// An inotify watch for opens of one file.
+pub struct OpenWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl OpenWatch {
+    /// Starts watching `path` for opens. With `blocking`, [`OpenWatch::wait`]
+    /// waits for an event; otherwise [`OpenWatch::pending`] returns at once.
+    pub fn new(path: &Path, blocking: bool) -> Self {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+
+        let flags = if blocking {
+            libc::IN_CLOEXEC
+        } else {
+            libc::IN_NONBLOCK | libc::IN_CLOEXEC
+        };
+        // SAFETY: inotify_init1 has no memory effects; the descriptor is owned below.
+        let fd = unsafe { libc::inotify_init1(flags) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by inotify_init1 and nothing else owns it.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `name` is a valid C string that outlives the call.
+        let watch = unsafe {
+            libc::inotify_add_watch(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                name.as_ptr(),
+                libc::IN_OPEN,
+            )
+        };
+        assert!(
+            watch >= 0,
+            "inotify_add_watch: {}",
+            std::io::Error::last_os_error()
+        );
+        Self { fd }
+    }
+
+    /// Reads the waiting events and returns their length in bytes: 0 when
+    /// there are none, for a watch that does not block.
+    fn read_events(&self) -> usize {
+        let mut buffer = [0u8; 4096];
+        // SAFETY: the buffer is valid for its length during the call.
+        let n = unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::EAGAIN),
+                "read inotify: {error}"
+            );
+            return 0;
+        }
+        n as usize
+    }
+
+    /// Returns the bytes of events waiting, without waiting for more.
+    pub fn pending(&self) -> usize {
+        self.read_events()
+    }
+
+    /// Waits until the file is opened.
+    pub fn wait(&self) {
+        assert!(self.read_events() > 0, "inotify returned no event");
+    }
+}
