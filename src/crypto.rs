@@ -696,9 +696,44 @@ fn object_cipher(key: &[u8; 32], salt: &[u8; 16]) -> Aes256GcmSiv {
     Aes256GcmSiv::new_from_slice(object_key.as_bytes()).expect("32-byte key")
 }
 
+thread_local! {
+    /// One zstd decompression context per thread: creating one clears its
+    /// tables, which cost as much as decompressing a small chunk.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Decompresses zstd data, failing once the output would exceed `max_len` bytes.
+///
+/// Frames that state their decompressed size, as every frame cairn writes does,
+/// go through a context kept per thread into a buffer of that size; others are
+/// streamed.
 pub fn decompress_bounded(input: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
     use std::io::Read;
+
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(input) {
+        if size > max_len as u64 {
+            return Err(CryptoError::Malformed(format!(
+                "decompressed size {size} exceeds the {max_len} byte limit"
+            )));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        let written = DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let decompressor = match &mut *slot {
+                Some(decompressor) => decompressor,
+                empty => empty.insert(zstd::bulk::Decompressor::new()?),
+            };
+            decompressor.decompress_to_buffer(input, &mut out)
+        });
+        return match written {
+            Ok(n) if n as u64 == size => Ok(out),
+            Ok(n) => Err(CryptoError::Malformed(format!(
+                "{n} bytes decompressed where the frame states {size}"
+            ))),
+            Err(e) => Err(CryptoError::Compression(e.to_string())),
+        };
+    }
 
     let decoder = zstd::stream::read::Decoder::new(input)
         .map_err(|e| CryptoError::Compression(e.to_string()))?;
@@ -845,6 +880,33 @@ mod tests {
             keys.open(ObjectKind::Chunk, &[0; 32], &sealed, 1000)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn decompression_checks_both_kinds_of_frame() {
+        let texts: Vec<Vec<u8>> = (1..=4).map(|n| b"cairn ".repeat(1000 * n)).collect();
+        // The context kept per thread serves frames of different sizes in turn.
+        for text in texts.iter().chain(texts.iter().rev()) {
+            let sized = zstd::bulk::compress(text, 3).unwrap();
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&sized).unwrap(),
+                Some(text.len() as u64)
+            );
+            assert_eq!(&decompress_bounded(&sized, text.len()).unwrap(), text);
+            assert!(decompress_bounded(&sized, text.len() - 1).is_err());
+
+            let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+            std::io::Write::write_all(&mut encoder, text).unwrap();
+            let streamed = encoder.finish().unwrap();
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+                None
+            );
+            assert_eq!(&decompress_bounded(&streamed, text.len()).unwrap(), text);
+            assert!(decompress_bounded(&streamed, text.len() - 1).is_err());
+        }
+        let sized = zstd::bulk::compress(&texts[0], 3).unwrap();
+        assert!(decompress_bounded(&sized[..sized.len() - 1], 1 << 20).is_err());
     }
 
     #[test]

@@ -1,26 +1,32 @@
 //! Writing a snapshot's files back to a directory.
 //!
-//! Directories are created first, files are then written in parallel, and each
-//! directory's metadata is set last, deepest first, so that writing into a
-//! directory does not change its restored mtime.
+//! Directories are created first. Files are then written pack by pack: the
+//! chunks that the restore needs are sorted by the pack that holds them, each
+//! pack is read in few large reads, several packs at once, and each chunk goes
+//! to every file and offset that holds it. So a chunk shared by many files is
+//! read once, and a repository on a server or object store answers a few
+//! requests per pack rather than one per chunk. Each directory's metadata is set
+//! last, deepest first, so that writing into a directory does not change its
+//! restored mtime.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
 use crate::display::escape_path;
-use crate::id::TreeId;
+use crate::id::{ChunkId, PackId, TreeId};
 use crate::meta::{self, ShortPath};
 use crate::progress::Progress;
-use crate::repository::{RepoError, Repository};
+use crate::repository::pack::BlobKind;
+use crate::repository::{RepoError, Repository, pack_path};
 use crate::tree::{Extent, Node, NodeKind};
 
 /// Settings of one restore.
@@ -136,7 +142,8 @@ pub fn restore_with_progress(
     let outcome = Mutex::new(RestoreOutcome::default());
     let fail = |path: &Path, reason: String| {
         let escaped = escape_path(path.as_os_str().as_bytes());
-        tracing::error!("restore of {escaped} failed: {reason}");
+        // Reported on stderr below; the log line is for `RUST_LOG=debug` runs.
+        tracing::debug!("restore of {escaped} failed: {reason}");
         eprintln!("error: {escaped}: {reason}");
         outcome
             .lock()
@@ -152,26 +159,8 @@ pub fn restore_with_progress(
     }
     outcome.lock().expect("outcome lock").dirs = plan.dirs.len() as u64;
 
-    let bytes = AtomicU64::new(0);
-    let files_done = AtomicU64::new(0);
-    plan.files.par_iter().for_each(
-        |(path, node)| match restore_file(repo, path, node, progress) {
-            Ok(written) => {
-                bytes.fetch_add(written, Ordering::Relaxed);
-                files_done.fetch_add(1, Ordering::Relaxed);
-                progress.add_items(1);
-                if let Err(e) = set_metadata(path, node) {
-                    fail(path, format!("metadata not restored: {e}"));
-                }
-            }
-            Err(e) => {
-                // Never leave a file whose bytes differ from the backup.
-                let _ = remove_existing(path);
-                fail(path, e.to_string());
-            }
-        },
-    );
-
+    let (files_done, bytes) = write_files(repo, &plan.files, progress, &fail)?;
+    outcome.lock().expect("outcome lock").files = files_done;
     let mut others = 0;
     for (path, node) in &plan.others {
         match create_special(path, node).and_then(|()| set_metadata(path, node)) {
@@ -202,8 +191,7 @@ pub fn restore_with_progress(
     }
 
     let mut outcome = outcome.into_inner().expect("outcome lock");
-    outcome.files = files_done.into_inner();
-    outcome.bytes = bytes.into_inner();
+    outcome.bytes = bytes;
     outcome.others = others;
     Ok(outcome)
 }
@@ -288,6 +276,329 @@ fn plan_tree(
     Ok(())
 }
 
+/// Largest run of bytes that no file needs between two chunks of one pack that
+/// a restore reads through rather than starting a new read. One round trip to
+/// an object store costs about as much as transferring this much.
+const MAX_GAP: u64 = 1 << 20;
+/// Largest single read from a pack. It bounds the memory of each read in flight.
+const MAX_READ: u64 = 4 << 20;
+
+/// Where one copy of a chunk goes: a file of the plan, an offset in it and the
+/// length that the file's tree records.
+struct Placement {
+    file: u32,
+    len: u32,
+    offset: u64,
+}
+
+/// A chunk to read from a pack, and every place it goes.
+struct PackChunk {
+    id: ChunkId,
+    offset: u32,
+    len: u32,
+    placements: Vec<Placement>,
+}
+
+/// The chunks a restore needs from one pack, by offset.
+struct PackReads {
+    pack: PackId,
+    chunks: Vec<PackChunk>,
+}
+
+/// What is left to do for one file.
+#[derive(Default)]
+struct FileState {
+    /// Chunk copies not yet written or given up.
+    remaining: AtomicUsize,
+    /// The first reason the file cannot be restored.
+    error: OnceLock<String>,
+    /// The file is made of one chunk copy and is created when that is written,
+    /// which saves opening it twice.
+    create_on_write: bool,
+}
+
+/// Sorts the chunks that `files` need by the pack that holds them, in the
+/// order the packs are first needed, and counts the chunk copies each file
+/// waits for. A file with a chunk that no index lists gets its error here.
+fn plan_reads(
+    repo: &Repository,
+    files: &[(PathBuf, Node)],
+) -> Result<(Vec<PackReads>, Vec<FileState>), RepoError> {
+    // A prune may have replaced the index files since they were loaded; its new
+    // files list every chunk that a snapshot still needs, so reload once.
+    for attempt in 0..2 {
+        let index = repo.index();
+        let mut packs: Vec<PackReads> = Vec::new();
+        let mut pack_numbers: HashMap<PackId, usize> = HashMap::new();
+        let mut chunk_numbers: HashMap<ChunkId, (usize, usize)> = HashMap::new();
+        let mut states = Vec::with_capacity(files.len());
+        let mut missing = false;
+        for (file, (_, node)) in files.iter().enumerate() {
+            let mut state = FileState::default();
+            let mut copies = 0;
+            let mut offset = 0;
+            for extent in &node.content {
+                if let Extent::Data { id, len } = extent {
+                    let placement = Placement {
+                        file: file as u32,
+                        len: *len,
+                        offset,
+                    };
+                    let known = chunk_numbers.get(id).copied().or_else(|| {
+                        let location = index.get(&id.0)?;
+                        let pack = *pack_numbers.entry(location.pack).or_insert_with(|| {
+                            packs.push(PackReads {
+                                pack: location.pack,
+                                chunks: Vec::new(),
+                            });
+                            packs.len() - 1
+                        });
+                        packs[pack].chunks.push(PackChunk {
+                            id: *id,
+                            offset: location.offset,
+                            len: location.len,
+                            placements: Vec::new(),
+                        });
+                        let numbers = (pack, packs[pack].chunks.len() - 1);
+                        chunk_numbers.insert(*id, numbers);
+                        Some(numbers)
+                    });
+                    match known {
+                        Some((pack, chunk)) => {
+                            packs[pack].chunks[chunk].placements.push(placement);
+                            copies += 1;
+                        }
+                        None => {
+                            missing = true;
+                            let _ = state.error.set(format!(
+                                "chunk {} is not in the repository's index: run `cairn check`",
+                                id.short()
+                            ));
+                        }
+                    }
+                }
+                offset += extent.len();
+            }
+            state.remaining.store(copies, Ordering::Relaxed);
+            state.create_on_write = copies == 1;
+            states.push(state);
+        }
+        if missing && attempt == 0 {
+            drop(index);
+            repo.load_index()?;
+            continue;
+        }
+        for pack in &mut packs {
+            pack.chunks.sort_by_key(|chunk| chunk.offset);
+        }
+        return Ok((packs, states));
+    }
+    unreachable!("the second attempt returns")
+}
+
+/// Splits a pack's chunks, sorted by offset, into runs that one read covers.
+fn read_runs(chunks: &[PackChunk]) -> Vec<&[PackChunk]> {
+    let mut runs = Vec::new();
+    let mut first = 0;
+    for next in 1..=chunks.len() {
+        let start = u64::from(chunks[first].offset);
+        let end = u64::from(chunks[next - 1].offset) + u64::from(chunks[next - 1].len);
+        let split = chunks.get(next).is_none_or(|chunk| {
+            let chunk_end = u64::from(chunk.offset) + u64::from(chunk.len);
+            u64::from(chunk.offset).saturating_sub(end) > MAX_GAP || chunk_end - start > MAX_READ
+        });
+        if split {
+            runs.push(&chunks[first..next]);
+            first = next;
+        }
+    }
+    runs
+}
+
+/// Creates the files that take other than exactly one chunk copy, then reads
+/// each pack's needed chunks with as few reads as the gaps allow, several packs
+/// at once, and writes each chunk to every place it goes, creating the files of
+/// one chunk on the way. A file's metadata is set once its last chunk is written.
+/// A file that cannot be restored whole is removed and reported through `fail`.
+/// Returns the number of files restored and their bytes.
+fn write_files(
+    repo: &Repository,
+    files: &[(PathBuf, Node)],
+    progress: &Progress,
+    fail: &(dyn Fn(&Path, String) + Sync),
+) -> Result<(u64, u64), RepoError> {
+    let (packs, states) = plan_reads(repo, files)?;
+    let done = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let finish = |file: usize| {
+        let (path, node) = &files[file];
+        if let Some(reason) = states[file].error.get() {
+            // Never leave a file whose bytes differ from the backup.
+            let _ = remove_existing(path);
+            fail(path, reason.clone());
+            return;
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(data_len(node), Ordering::Relaxed);
+        progress.add_items(1);
+        if let Err(e) = set_metadata(path, node) {
+            fail(path, format!("metadata not restored: {e}"));
+        }
+    };
+
+    repo.read_pool().install(|| {
+        files
+            .par_iter()
+            .enumerate()
+            .for_each(|(file, (path, node))| {
+                let state = &states[file];
+                if state.error.get().is_none()
+                    && !state.create_on_write
+                    && let Err(e) = create_file(path, node.size)
+                {
+                    let _ = state.error.set(e.to_string());
+                }
+                if state.remaining.load(Ordering::Acquire) == 0 {
+                    finish(file);
+                }
+            });
+        packs.par_iter().for_each_init(Vec::new, |sealed, reads| {
+            let mut open = None;
+            let name = pack_path(&reads.pack);
+            for run in read_runs(&reads.chunks) {
+                let start = u64::from(run[0].offset);
+                let last = &run[run.len() - 1];
+                let len = u64::from(last.offset) + u64::from(last.len) - start;
+                match repo
+                    .backend()
+                    .read_at_into(&name, start, len as usize, sealed)
+                {
+                    Ok(()) => {
+                        for chunk in run {
+                            let at = (u64::from(chunk.offset) - start) as usize;
+                            let plain = repo.open_blob(
+                                BlobKind::Chunk,
+                                &chunk.id.0,
+                                &sealed[at..at + chunk.len as usize],
+                                &reads.pack,
+                            );
+                            place(chunk, plain, files, &states, &mut open, progress, &finish);
+                        }
+                    }
+                    Err(e) => {
+                        // Reading the chunks one by one names the damaged ones
+                        // and finds chunks that a prune moved since.
+                        tracing::debug!("reading {len} bytes of {name} failed: {e}");
+                        for chunk in run {
+                            let plain = repo.read_chunk(&chunk.id);
+                            place(chunk, plain, files, &states, &mut open, progress, &finish);
+                        }
+                    }
+                }
+            }
+        });
+    });
+    Ok((done.into_inner(), bytes.into_inner()))
+}
+
+/// Writes one chunk's plaintext, or its error, to every place it goes, and
+/// finishes each file whose last chunk this was. `open` keeps the file written
+/// last, since consecutive chunks of a pack mostly belong to one file.
+fn place(
+    chunk: &PackChunk,
+    plain: Result<Vec<u8>, RepoError>,
+    files: &[(PathBuf, Node)],
+    states: &[FileState],
+    open: &mut Option<(u32, fs::File)>,
+    progress: &Progress,
+    finish: &(dyn Fn(usize) + Sync),
+) {
+    for placement in &chunk.placements {
+        let state = &states[placement.file as usize];
+        let written = match &plain {
+            Err(e) => Err(e.to_string()),
+            Ok(data) if data.len() != placement.len as usize => Err(RepoError::Damaged {
+                object: format!("chunk {}", chunk.id.short()),
+                detail: format!(
+                    "{} bytes where the tree records {}",
+                    data.len(),
+                    placement.len
+                ),
+            }
+            .to_string()),
+            Ok(_) if state.error.get().is_some() => Ok(()),
+            Ok(data) => write_at(
+                open,
+                placement,
+                state,
+                &files[placement.file as usize],
+                data,
+            )
+            .map(|()| progress.add_bytes(data.len() as u64))
+            .map_err(|e| e.to_string()),
+        };
+        if let Err(reason) = written {
+            let _ = state.error.set(reason);
+        }
+        if state.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if matches!(open, Some((file, _)) if *file == placement.file) {
+                *open = None;
+            }
+            finish(placement.file as usize);
+        }
+    }
+}
+
+fn write_at(
+    open: &mut Option<(u32, fs::File)>,
+    placement: &Placement,
+    state: &FileState,
+    (path, node): &(PathBuf, Node),
+    data: &[u8],
+) -> io::Result<()> {
+    if state.create_on_write {
+        let file = create_file(path, node.size)?;
+        return file.write_all_at(data, placement.offset);
+    }
+    let file = match open {
+        Some((number, file)) if *number == placement.file => file,
+        _ => {
+            let short = ShortPath::new(path)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(short.path())?;
+            &mut open.insert((placement.file, file)).1
+        }
+    };
+    file.write_all_at(data, placement.offset)
+}
+
+/// Replaces whatever lies at `path` with an empty file of `size` bytes, private
+/// until its metadata is restored. Holes need no writes: the bytes that no
+/// chunk covers read as zeros.
+fn create_file(path: &Path, size: u64) -> io::Result<fs::File> {
+    remove_existing(path)?;
+    let short = ShortPath::new(path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(short.path())?;
+    file.set_len(size)?;
+    Ok(file)
+}
+
+/// Returns the number of stored bytes of a file, without its holes.
+fn data_len(node: &Node) -> u64 {
+    node.content
+        .iter()
+        .filter(|extent| matches!(extent, Extent::Data { .. }))
+        .map(Extent::len)
+        .sum()
+}
+
 fn create_dir(path: &Path) -> io::Result<()> {
     let short = ShortPath::new(path)?;
     let path = short.path();
@@ -309,46 +620,6 @@ fn remove_existing(path: &Path) -> io::Result<()> {
         Ok(_) => fs::remove_file(path),
         Err(_) => Ok(()),
     }
-}
-
-fn restore_file(
-    repo: &Repository,
-    path: &Path,
-    node: &Node,
-    progress: &Progress,
-) -> Result<u64, RepoError> {
-    remove_existing(path)?;
-    let short = ShortPath::new(path)?;
-    let path = short.path();
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)?;
-    let mut written = 0;
-    for extent in &node.content {
-        match extent {
-            Extent::Data { id, len } => {
-                let data = repo.read_chunk(id)?;
-                if data.len() != *len as usize {
-                    return Err(RepoError::Damaged {
-                        object: format!("chunk {}", id.short()),
-                        detail: format!("{} bytes where the tree records {len}", data.len()),
-                    });
-                }
-                file.write_all(&data)?;
-                written += data.len() as u64;
-                progress.add_bytes(data.len() as u64);
-            }
-            Extent::Hole { len } => {
-                file.seek(SeekFrom::Current(*len as i64))?;
-            }
-        }
-    }
-    // A trailing hole needs the length set explicitly.
-    file.set_len(node.size)?;
-    Ok(written)
 }
 
 fn create_special(path: &Path, node: &Node) -> io::Result<()> {
@@ -397,4 +668,58 @@ fn set_metadata(path: &Path, node: &Node) -> io::Result<()> {
     }
     meta::write_xattrs(path, &node.xattrs)?;
     meta::set_mtime(path, node.mtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u32, len: u32) -> PackChunk {
+        PackChunk {
+            id: ChunkId([0; 32]),
+            offset,
+            len,
+            placements: Vec::new(),
+        }
+    }
+
+    fn spans(chunks: &[PackChunk]) -> Vec<(u32, u32)> {
+        read_runs(chunks)
+            .iter()
+            .map(|run| {
+                let last = &run[run.len() - 1];
+                (run[0].offset, last.offset + last.len)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_runs_split_at_gaps_and_size() {
+        assert!(spans(&[]).is_empty());
+        assert_eq!(spans(&[chunk(100, 50)]), [(100, 150)]);
+        // Touching chunks and a gap of exactly MAX_GAP share one read.
+        let gap = MAX_GAP as u32;
+        assert_eq!(
+            spans(&[chunk(0, 10), chunk(10, 10), chunk(20 + gap, 10)]),
+            [(0, 30 + gap)]
+        );
+        // One byte more and the next chunk starts a read of its own.
+        assert_eq!(
+            spans(&[chunk(0, 10), chunk(11 + gap, 10)]),
+            [(0, 10), (11 + gap, 21 + gap)]
+        );
+        // A read stops before it would exceed MAX_READ.
+        let quarter = (MAX_READ / 4) as u32;
+        let chunks: Vec<PackChunk> = (0..6).map(|n| chunk(n * quarter, quarter)).collect();
+        assert_eq!(
+            spans(&chunks),
+            [(0, 4 * quarter), (4 * quarter, 6 * quarter)]
+        );
+        // A chunk larger than MAX_READ is read alone.
+        let huge = MAX_READ as u32 + 1;
+        assert_eq!(
+            spans(&[chunk(0, 5), chunk(5, huge), chunk(5 + huge, 5)]),
+            [(0, 5), (5, 5 + huge), (5 + huge, 10 + huge)]
+        );
+    }
 }

@@ -718,6 +718,37 @@ fn ls_escapes_odd_file_names() {
 }
 
 #[test]
+fn restore_writes_shared_chunks_to_every_place() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir_all(src.join("copy")).unwrap();
+    // The same 3 MiB twice in one file, so that its second half repeats the
+    // chunks of its first, and the whole file again in another directory.
+    let block = pseudo_random_bytes(3 << 20, 9);
+    let twice = [block.as_slice(), block.as_slice()].concat();
+    fs::write(src.join("twice"), &twice).unwrap();
+    fs::write(src.join("copy/twice"), &twice).unwrap();
+    fs::write(src.join("copy/block"), &block).unwrap();
+    // A file with data at both ends of a hole, and one that ends in a hole.
+    let holes = File::create(src.join("holes")).unwrap();
+    holes.write_all_at(&block[..70_000], 0).unwrap();
+    holes.write_all_at(&block[..5_000], 40 << 20).unwrap();
+    let tail = File::create(src.join("tail-hole")).unwrap();
+    tail.write_all_at(b"head", 0).unwrap();
+    tail.set_len(9 << 20).unwrap();
+    fs::write(src.join("empty"), b"").unwrap();
+
+    let summary = fixture.backup(&[&src], &[]);
+    let target = fixture.restore(&snapshot_id(&summary), "target");
+    let restored = restored_path(&target, &src);
+    assert_same_tree(&src, &restored);
+    assert!(
+        fs::metadata(restored.join("holes")).unwrap().blocks() * 512 < 8 << 20,
+        "the hole was written out"
+    );
+}
+
+#[test]
 fn restore_keeps_hard_links() {
     let fixture = Fixture::new();
     let src = fixture.path("src");
@@ -1298,6 +1329,109 @@ fn damaged_pack_leaves_other_packs_restorable() {
             content.ok(),
             Some(fs::read(damaged.src.join(relative)).unwrap()),
             "{relative} from an undamaged pack"
+        );
+    }
+}
+
+/// Returns the pack file, offset and length of the sealed first chunk of
+/// `file` in the latest snapshot, found through the library.
+fn first_chunk_location(fixture: &Fixture, file: &Path) -> (PathBuf, u64, u64) {
+    use cairn::repository::{Repository, pack_path};
+    use cairn::tree::Extent;
+
+    let repo = Repository::open_local(&fixture.repo, PASSWORD.as_bytes()).unwrap();
+    let (_, snapshot) = repo.find_snapshot("latest").unwrap();
+    let mut tree = repo.load_tree(&snapshot.tree).unwrap();
+    let names: Vec<&OsStr> = file.iter().skip(1).collect();
+    for (depth, name) in names.iter().enumerate() {
+        let node = tree
+            .nodes
+            .iter()
+            .find(|node| node.name == name.as_bytes())
+            .unwrap_or_else(|| panic!("{} is not in the snapshot", file.display()))
+            .clone();
+        if depth + 1 < names.len() {
+            tree = repo.load_tree(&node.subtree.expect("directory")).unwrap();
+            continue;
+        }
+        let Some(Extent::Data { id, .. }) = node.content.first() else {
+            panic!("{} has no stored chunk", file.display());
+        };
+        let location = repo.index().get(&id.0).expect("the index lists the chunk");
+        return (
+            fixture.repo.join(pack_path(&location.pack)),
+            location.offset.into(),
+            location.len.into(),
+        );
+    }
+    unreachable!("the loop returns at the file")
+}
+
+#[test]
+fn damaged_chunk_fails_only_its_file_in_a_shared_pack() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir(&src).unwrap();
+    for n in 0..20u64 {
+        fs::write(
+            src.join(format!("file-{n:02}")),
+            pseudo_random_bytes(10_000 + n as usize, n),
+        )
+        .unwrap();
+    }
+    let snapshot = snapshot_id(&fixture.backup(&[&src], &[]));
+
+    let damaged = src.join("file-07");
+    let (pack, offset, len) = first_chunk_location(&fixture, &damaged);
+    let undamaged = first_chunk_location(&fixture, &src.join("file-08"));
+    assert_eq!(
+        undamaged.0, pack,
+        "the files were expected to share one pack"
+    );
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset + len / 2).unwrap();
+    byte[0] ^= 0x40;
+    file.write_all_at(&byte, offset + len / 2).unwrap();
+
+    let target = fixture.path("target");
+    let output = fixture.run([
+        OsStr::new("restore"),
+        OsStr::new(&snapshot),
+        OsStr::new("--target"),
+        target.as_os_str(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let restored = restored_path(&target, &src);
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains(restored.join("file-07").to_str().unwrap()),
+        "the error does not name file-07: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|line| line.contains("file-")).count(),
+        1,
+        "one line names the one damaged file: {stderr}"
+    );
+    assert!(
+        !restored.join("file-07").exists(),
+        "the file with the damaged chunk was left in the target"
+    );
+    for n in (0..20u64).filter(|n| *n != 7) {
+        let name = format!("file-{n:02}");
+        assert_eq!(
+            fs::read(restored.join(&name)).unwrap(),
+            fs::read(src.join(&name)).unwrap(),
+            "{name} shares the damaged chunk's pack but not the chunk"
         );
     }
 }

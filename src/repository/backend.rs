@@ -21,6 +21,18 @@ pub trait Backend: Send + Sync {
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
     /// Reads `len` bytes at `offset`; fails if the file is shorter.
     fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Reads like [`Backend::read_at`] into `buf`, whose allocation a caller
+    /// that reads many ranges can reuse.
+    fn read_at_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        *buf = self.read_at(name, offset, len)?;
+        Ok(())
+    }
     /// Returns the size of a file in bytes.
     fn size(&self, name: &str) -> io::Result<u64>;
     /// Writes a file so that readers see either nothing or all of it, and the data
@@ -41,6 +53,13 @@ pub trait Backend: Send + Sync {
     /// Removes the temporary files of writes that never finished and returns how
     /// many there were. Only safe while no other process writes.
     fn remove_temporary_files(&self) -> io::Result<u64>;
+    /// Returns how many reads a bulk reader such as a restore should keep in
+    /// flight. A local disk needs no more than one per core; a server or object
+    /// store answers each request after a round trip, so more requests at once
+    /// keep its connection busy.
+    fn read_concurrency(&self) -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
     /// Fails with [`io::ErrorKind::PermissionDenied`] when this client may not
     /// delete or replace files, so that `command` (such as `prune`) stops
     /// before it changes anything. Only a `cairn serve` token without the
@@ -50,6 +69,11 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 }
+
+/// Reads in flight for [`Backend::read_concurrency`] on a server or object
+/// store: enough to hide a round trip of a few milliseconds behind the
+/// transfer of the others, with a bounded amount of data in memory.
+pub const REMOTE_READS: usize = 8;
 
 /// Open files kept for ranged reads, so that reading many small blobs from one
 /// pack does not open the pack again for each blob.
@@ -167,11 +191,23 @@ impl Backend for LocalBackend {
     }
 
     fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let file = self.open_cached(name)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| with_path(e, &self.path(name)))?;
+        let mut buf = Vec::new();
+        self.read_at_into(name, offset, len, &mut buf)?;
         Ok(buf)
+    }
+
+    fn read_at_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let file = self.open_cached(name)?;
+        buf.clear();
+        buf.resize(len, 0);
+        file.read_exact_at(buf, offset)
+            .map_err(|e| with_path(e, &self.path(name)))
     }
 
     fn size(&self, name: &str) -> io::Result<u64> {

@@ -523,6 +523,10 @@ impl Backend for HttpBackend {
         self.url.to_string()
     }
 
+    fn read_concurrency(&self) -> usize {
+        super::backend::REMOTE_READS
+    }
+
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         Ok(self
             .call("read", Method::GET, name, None, None, None)?

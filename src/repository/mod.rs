@@ -167,6 +167,7 @@ pub struct Repository {
     chunker: Chunker,
     index: RwLock<Index>,
     trees: Mutex<LruCache<TreeId, Arc<Tree>>>,
+    read_pool: std::sync::OnceLock<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -405,6 +406,7 @@ impl Repository {
             chunker,
             index: RwLock::new(Index::default()),
             trees: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("nonzero"))),
+            read_pool: std::sync::OnceLock::new(),
         }
     }
 
@@ -515,24 +517,48 @@ impl Repository {
         index::decode_index(&plain).map_err(|e| damaged(object, e))
     }
 
+    /// Returns a thread pool with one thread per read that the backend should
+    /// have in flight ([`Backend::read_concurrency`]), for bulk reads.
+    pub fn read_pool(&self) -> &rayon::ThreadPool {
+        self.read_pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.backend.read_concurrency().max(1))
+                .thread_name(|n| format!("cairn-read-{n}"))
+                .build()
+                .expect("a thread pool starts")
+        })
+    }
+
     /// Reads every index file into memory. A damaged index file is skipped with a
     /// warning, so that the blobs listed elsewhere stay readable; `check` reports it.
+    ///
+    /// Index files are read several at a time but merged in listing order, so a
+    /// blob stored twice always resolves to the same pack.
     pub fn load_index(&self) -> Result<(), RepoError> {
+        use rayon::prelude::*;
+
         let mut index = Index::default();
-        for id in self.list_index_files()? {
-            match self.read_index_file(&id) {
-                Ok(records) => {
-                    for record in records {
-                        index.add_record(&record);
+        let ids = self.list_index_files()?;
+        let batch = self.backend.read_concurrency().max(1) * 2;
+        for ids in ids.chunks(batch) {
+            let read: Vec<_> = self
+                .read_pool()
+                .install(|| ids.par_iter().map(|id| self.read_index_file(id)).collect());
+            for (id, result) in ids.iter().zip(read) {
+                match result {
+                    Ok(records) => {
+                        for record in records {
+                            index.add_record(&record);
+                        }
                     }
+                    Err(e @ RepoError::Damaged { .. }) => tracing::warn!("{e}"),
+                    // A prune replaced the index files between listing and reading; its
+                    // new files, listed next time, hold the same blobs.
+                    Err(RepoError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                        tracing::debug!("index file {id} vanished while reading: {e}");
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e @ RepoError::Damaged { .. }) => tracing::warn!("{e}"),
-                // A prune replaced the index files between listing and reading; its
-                // new files, listed next time, hold the same blobs.
-                Err(RepoError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::debug!("index file {id} vanished while reading: {e}");
-                }
-                Err(e) => return Err(e),
             }
         }
         *self.index.write().expect("index lock") = index;
@@ -648,22 +674,41 @@ impl Repository {
             location = self.locate(id, &what)?;
             read = self.read_sealed(&location);
         }
-        let object = format!("{what} in pack {}", location.pack.short());
-        let sealed = read.map_err(|e| damaged(object.clone(), e))?;
+        let sealed =
+            read.map_err(|e| damaged(format!("{what} in pack {}", location.pack.short()), e))?;
+        self.open_blob(kind, id, &sealed, &location.pack)
+    }
+
+    /// Decrypts a sealed blob that was read from `pack`, and checks that its
+    /// plaintext hashes to `id`.
+    pub fn open_blob(
+        &self,
+        kind: BlobKind,
+        id: &[u8; 32],
+        sealed: &[u8],
+        pack: &PackId,
+    ) -> Result<Vec<u8>, RepoError> {
+        let object = || {
+            let what = match kind {
+                BlobKind::Chunk => "chunk",
+                BlobKind::Tree => "tree",
+            };
+            format!("{what} {} in pack {}", hex::encode(&id[..4]), pack.short())
+        };
         let max = match kind {
             BlobKind::Chunk => MAX_CHUNK_LEN,
             BlobKind::Tree => MAX_TREE_LEN,
         };
         let plain = self
             .keys
-            .open(kind.object_kind(), id, &sealed, max)
-            .map_err(|e| damaged(object.clone(), e))?;
+            .open(kind.object_kind(), id, sealed, max)
+            .map_err(|e| damaged(object(), e))?;
         let actual = match kind {
             BlobKind::Chunk => self.keys.chunk_id(&plain).0,
             BlobKind::Tree => self.keys.tree_id(&plain).0,
         };
         if &actual != id {
-            return Err(damaged(object, "its plaintext does not hash to its id"));
+            return Err(damaged(object(), "its plaintext does not hash to its id"));
         }
         Ok(plain)
     }

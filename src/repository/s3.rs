@@ -417,6 +417,10 @@ impl Backend for S3Backend {
         self.url.to_string()
     }
 
+    fn read_concurrency(&self) -> usize {
+        super::backend::REMOTE_READS
+    }
+
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         let key = self.object_key(name)?;
         let store = &self.store;
