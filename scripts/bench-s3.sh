@@ -75,6 +75,9 @@ results=$WORK/results.tsv
 step() {
   local name=$1; shift
   local start end
+  # Write back what earlier steps left in the page cache, so that it does not
+  # slow this step down.
+  sync
   start=$(date +%s.%N)
   if ! "$@" > "$WORK/log.$name" 2>&1; then
     echo "error: step $name failed, see $WORK/log.$name" >&2; tail -5 "$WORK/log.$name" >&2; exit 1

@@ -576,7 +576,12 @@ impl Walker<'_, '_> {
             return local.tree(id);
         }
         match self.repo.load_tree(id) {
-            Ok(tree) => Some(tree),
+            Ok(tree) => {
+                // The walk compares each subdirectory with its parent tree next.
+                self.repo
+                    .prefetch_trees(tree.nodes.iter().filter_map(|n| n.subtree.as_ref()));
+                Some(tree)
+            }
             Err(e) => {
                 tracing::warn!(
                     "parent tree {} unreadable, files below are read again: {e}",

@@ -26,7 +26,7 @@ use crate::id::{ChunkId, PackId, TreeId};
 use crate::meta::{self, ShortPath};
 use crate::progress::Progress;
 use crate::repository::pack::BlobKind;
-use crate::repository::{RepoError, Repository, pack_path};
+use crate::repository::{RepoError, Repository, pack_path, read_runs};
 use crate::tree::{Extent, Node, NodeKind};
 
 /// Settings of one restore.
@@ -227,6 +227,7 @@ fn plan_tree(
     hard_links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<(), RepoError> {
     let tree = repo.load_tree(tree_id)?;
+    repo.prefetch_trees(tree.nodes.iter().filter_map(|node| node.subtree.as_ref()));
     for node in &tree.nodes {
         let mut snapshot_path = snapshot_dir.to_vec();
         snapshot_path.push(b'/');
@@ -275,13 +276,6 @@ fn plan_tree(
     }
     Ok(())
 }
-
-/// Largest run of bytes that no file needs between two chunks of one pack that
-/// a restore reads through rather than starting a new read. One round trip to
-/// an object store costs about as much as transferring this much.
-const MAX_GAP: u64 = 1 << 20;
-/// Largest single read from a pack. It bounds the memory of each read in flight.
-const MAX_READ: u64 = 4 << 20;
 
 /// Where one copy of a chunk goes: a file of the plan, an offset in it and the
 /// length that the file's tree records.
@@ -396,25 +390,6 @@ fn plan_reads(
     unreachable!("the second attempt returns")
 }
 
-/// Splits a pack's chunks, sorted by offset, into runs that one read covers.
-fn read_runs(chunks: &[PackChunk]) -> Vec<&[PackChunk]> {
-    let mut runs = Vec::new();
-    let mut first = 0;
-    for next in 1..=chunks.len() {
-        let start = u64::from(chunks[first].offset);
-        let end = u64::from(chunks[next - 1].offset) + u64::from(chunks[next - 1].len);
-        let split = chunks.get(next).is_none_or(|chunk| {
-            let chunk_end = u64::from(chunk.offset) + u64::from(chunk.len);
-            u64::from(chunk.offset).saturating_sub(end) > MAX_GAP || chunk_end - start > MAX_READ
-        });
-        if split {
-            runs.push(&chunks[first..next]);
-            first = next;
-        }
-    }
-    runs
-}
-
 /// Creates the files that take other than exactly one chunk copy, then reads
 /// each pack's needed chunks with as few reads as the gaps allow, several packs
 /// at once, and writes each chunk to every place it goes, creating the files of
@@ -465,7 +440,9 @@ fn write_files(
         packs.par_iter().for_each_init(Vec::new, |sealed, reads| {
             let mut open = None;
             let name = pack_path(&reads.pack);
-            for run in read_runs(&reads.chunks) {
+            for run in read_runs(&reads.chunks, |chunk| {
+                (chunk.offset.into(), chunk.len.into())
+            }) {
                 let start = u64::from(run[0].offset);
                 let last = &run[run.len() - 1];
                 let len = u64::from(last.offset) + u64::from(last.len) - start;
@@ -668,58 +645,4 @@ fn set_metadata(path: &Path, node: &Node) -> io::Result<()> {
     }
     meta::write_xattrs(path, &node.xattrs)?;
     meta::set_mtime(path, node.mtime)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn chunk(offset: u32, len: u32) -> PackChunk {
-        PackChunk {
-            id: ChunkId([0; 32]),
-            offset,
-            len,
-            placements: Vec::new(),
-        }
-    }
-
-    fn spans(chunks: &[PackChunk]) -> Vec<(u32, u32)> {
-        read_runs(chunks)
-            .iter()
-            .map(|run| {
-                let last = &run[run.len() - 1];
-                (run[0].offset, last.offset + last.len)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn read_runs_split_at_gaps_and_size() {
-        assert!(spans(&[]).is_empty());
-        assert_eq!(spans(&[chunk(100, 50)]), [(100, 150)]);
-        // Touching chunks and a gap of exactly MAX_GAP share one read.
-        let gap = MAX_GAP as u32;
-        assert_eq!(
-            spans(&[chunk(0, 10), chunk(10, 10), chunk(20 + gap, 10)]),
-            [(0, 30 + gap)]
-        );
-        // One byte more and the next chunk starts a read of its own.
-        assert_eq!(
-            spans(&[chunk(0, 10), chunk(11 + gap, 10)]),
-            [(0, 10), (11 + gap, 21 + gap)]
-        );
-        // A read stops before it would exceed MAX_READ.
-        let quarter = (MAX_READ / 4) as u32;
-        let chunks: Vec<PackChunk> = (0..6).map(|n| chunk(n * quarter, quarter)).collect();
-        assert_eq!(
-            spans(&chunks),
-            [(0, 4 * quarter), (4 * quarter, 6 * quarter)]
-        );
-        // A chunk larger than MAX_READ is read alone.
-        let huge = MAX_READ as u32 + 1;
-        assert_eq!(
-            spans(&[chunk(0, 5), chunk(5, huge), chunk(5 + huge, 5)]),
-            [(0, 5), (5, 5 + huge), (5 + huge, 10 + huge)]
-        );
-    }
 }

@@ -1368,6 +1368,63 @@ fn first_chunk_location(fixture: &Fixture, file: &Path) -> (PathBuf, u64, u64) {
 }
 
 #[test]
+fn prefetched_trees_load_from_cache_except_a_damaged_one() {
+    use cairn::repository::{Repository, pack_path};
+
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    for n in 0..12 {
+        let dir = src.join(format!("dir-{n:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("file"), format!("file {n}\n")).unwrap();
+    }
+    fixture.backup(&[&src], &[]);
+
+    let repo = Repository::open_local(&fixture.repo, PASSWORD.as_bytes()).unwrap();
+    let (_, snapshot) = repo.find_snapshot("latest").unwrap();
+    let mut tree = repo.load_tree(&snapshot.tree).unwrap();
+    for name in src.iter().skip(1) {
+        let node = tree
+            .find(name.as_bytes())
+            .expect("path in snapshot")
+            .clone();
+        tree = repo.load_tree(&node.subtree.unwrap()).unwrap();
+    }
+    let subtrees: Vec<_> = tree.nodes.iter().map(|n| n.subtree.unwrap()).collect();
+    assert_eq!(subtrees.len(), 12);
+
+    // Damage one subtree in its pack, then prefetch them all.
+    let damaged = repo.index().get(&subtrees[5].0).unwrap();
+    let pack = fixture.repo.join(pack_path(&damaged.pack));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
+    let at = u64::from(damaged.offset) + u64::from(damaged.len) / 2;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    repo.prefetch_trees(&subtrees);
+
+    // With the pack emptied (the repository may hold it open), only the cache
+    // can answer.
+    for id in &subtrees {
+        assert_eq!(repo.index().get(&id.0).unwrap().pack, damaged.pack);
+    }
+    file.set_len(0).unwrap();
+    for (n, id) in subtrees.iter().enumerate() {
+        let loaded = repo.load_tree(id);
+        if n == 5 {
+            assert!(loaded.is_err(), "the damaged tree was prefetched");
+        } else {
+            let tree = loaded.unwrap_or_else(|e| panic!("tree {n} was not prefetched: {e}"));
+            assert_eq!(tree.nodes[0].name, b"file");
+        }
+    }
+}
+
+#[test]
 fn damaged_chunk_fails_only_its_file_in_a_shared_pack() {
     let fixture = Fixture::new();
     let src = fixture.path("src");

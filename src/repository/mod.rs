@@ -22,6 +22,7 @@ mod keyfile;
 pub mod location;
 pub mod lock;
 pub mod pack;
+mod runs;
 pub mod s3;
 mod writer;
 
@@ -39,6 +40,7 @@ pub use self::keyfile::{
 };
 pub use self::location::Location;
 use self::pack::BlobKind;
+pub use self::runs::read_runs;
 pub use self::writer::BlobWriter;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{CryptoError, KdfParams, KeyMaterial, Keys, ObjectKind};
@@ -155,6 +157,10 @@ pub struct Config {
     /// zstd level for chunks and trees.
     pub compression_level: i32,
 }
+
+/// Most trees that one [`Repository::prefetch_trees`] call loads: a quarter of
+/// the tree cache, so that a prefetch does not push out the trees in use.
+pub const PREFETCH_TREES: usize = 1024;
 
 /// An open repository.
 pub struct Repository {
@@ -737,6 +743,86 @@ impl Repository {
     pub fn load_tree_uncached(&self, id: &TreeId) -> Result<Tree, RepoError> {
         let plain = self.read_blob(BlobKind::Tree, &id.0)?;
         Tree::decode(&plain).map_err(|e| damaged(format!("tree {}", id.short()), e))
+    }
+
+    /// Loads the trees among `ids` that the tree cache lacks, at most
+    /// [`PREFETCH_TREES`] of them, so that the [`Repository::load_tree`] calls
+    /// that follow find them there. The trees are grouped by pack into few
+    /// reads, several at once, which saves a round trip per tree on a server or
+    /// object store. A tree that cannot be read is left out: loading it on its
+    /// own then reports why.
+    pub fn prefetch_trees<'a>(&self, ids: impl IntoIterator<Item = &'a TreeId>) {
+        use rayon::prelude::*;
+
+        let wanted: Vec<TreeId> = {
+            let cache = self.trees.lock().expect("tree cache lock");
+            let mut seen = std::collections::HashSet::new();
+            ids.into_iter()
+                .filter(|id| !cache.contains(*id) && seen.insert(**id))
+                .take(PREFETCH_TREES)
+                .copied()
+                .collect()
+        };
+        if wanted.len() < 2 {
+            return;
+        }
+        let mut packs: Vec<(PackId, Vec<(TreeId, index::BlobLocation)>)> = Vec::new();
+        {
+            let index = self.index();
+            let mut numbers: std::collections::HashMap<PackId, usize> = Default::default();
+            for id in wanted {
+                let Some(location) = index.get(&id.0) else {
+                    continue;
+                };
+                let number = *numbers.entry(location.pack).or_insert_with(|| {
+                    packs.push((location.pack, Vec::new()));
+                    packs.len() - 1
+                });
+                packs[number].1.push((id, location));
+            }
+        }
+        let mut runs = Vec::new();
+        for (pack, trees) in &mut packs {
+            trees.sort_by_key(|(_, location)| location.offset);
+            for run in read_runs(trees, |(_, l)| (l.offset.into(), l.len.into())) {
+                runs.push((*pack, run));
+            }
+        }
+        let loaded: Vec<(TreeId, Tree)> = self.read_pool().install(|| {
+            runs.par_iter()
+                .flat_map_iter(|(pack, run)| self.open_tree_run(pack, run))
+                .collect()
+        });
+        let mut cache = self.trees.lock().expect("tree cache lock");
+        for (id, tree) in loaded {
+            cache.put(id, Arc::new(tree));
+        }
+    }
+
+    /// Reads one run of trees from `pack` and returns those that open and decode.
+    fn open_tree_run(
+        &self,
+        pack: &PackId,
+        run: &[(TreeId, index::BlobLocation)],
+    ) -> Vec<(TreeId, Tree)> {
+        let start = u64::from(run[0].1.offset);
+        let last = &run[run.len() - 1].1;
+        let len = u64::from(last.offset) + u64::from(last.len) - start;
+        let bytes = match self.backend.read_at(&pack_path(pack), start, len as usize) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::debug!("prefetching trees from pack {pack} failed: {e}");
+                return Vec::new();
+            }
+        };
+        run.iter()
+            .filter_map(|(id, location)| {
+                let at = (u64::from(location.offset) - start) as usize;
+                let sealed = &bytes[at..at + location.len as usize];
+                let plain = self.open_blob(BlobKind::Tree, &id.0, sealed, pack).ok()?;
+                Some((*id, Tree::decode(&plain).ok()?))
+            })
+            .collect()
     }
 
     /// Loads a directory tree, from a cache of recently used trees when possible.
