@@ -34,7 +34,7 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 pub use self::backend::{Backend, LocalBackend};
-use self::index::{Index, IndexRecord, MAX_INDEX_LEN};
+use self::index::{Index, IndexBuilder, IndexRecord, MAX_INDEX_LEN};
 pub use self::keyfile::{
     BoundSigningKey, KeyFile, KeySlot, RetiredKey, SlotKind, Unlocked, UnlockedSlot,
 };
@@ -543,7 +543,7 @@ impl Repository {
     pub fn load_index(&self) -> Result<(), RepoError> {
         use rayon::prelude::*;
 
-        let mut index = Index::default();
+        let mut index = IndexBuilder::default();
         let ids = self.list_index_files()?;
         let batch = self.backend.read_concurrency().max(1) * 2;
         for ids in ids.chunks(batch) {
@@ -567,7 +567,7 @@ impl Repository {
                 }
             }
         }
-        *self.index.write().expect("index lock") = index;
+        *self.index.write().expect("index lock") = index.finish();
         Ok(())
     }
 
@@ -754,7 +754,7 @@ impl Repository {
     pub fn prefetch_trees<'a>(&self, ids: impl IntoIterator<Item = &'a TreeId>) {
         use rayon::prelude::*;
 
-        let wanted: Vec<TreeId> = {
+        let missing: Vec<TreeId> = {
             let cache = self.trees.lock().expect("tree cache lock");
             let mut seen = std::collections::HashSet::new();
             ids.into_iter()
@@ -763,14 +763,14 @@ impl Repository {
                 .copied()
                 .collect()
         };
-        if wanted.len() < 2 {
+        if missing.len() < 2 {
             return;
         }
         let mut packs: Vec<(PackId, Vec<(TreeId, index::BlobLocation)>)> = Vec::new();
         {
             let index = self.index();
             let mut numbers: std::collections::HashMap<PackId, usize> = Default::default();
-            for id in wanted {
+            for id in missing {
                 let Some(location) = index.get(&id.0) else {
                     continue;
                 };
