@@ -43,18 +43,25 @@ pub struct BlobLocation {
     pub raw_len: u32,
 }
 
-/// One blob in the index: its id and location, with the pack as a number into
-/// [`Index`]'s pack list. Packed to 49 bytes, because the index contains one
-/// entry per blob of the repository.
+/// A blob's location, with the pack as a number into [`Index`]'s pack list.
+/// Packed to 17 bytes, because the index contains one per blob of the
+/// repository.
 #[derive(Clone, Copy)]
 #[repr(C, packed)]
-struct Entry {
-    id: [u8; 32],
+struct Slot {
     pack: u32,
     offset: u32,
     len: u32,
     raw_len: u32,
     kind: BlobKind,
+}
+
+/// A blob's id and location: 49 bytes.
+#[derive(Clone, Copy)]
+#[repr(C, packed)]
+struct Entry {
+    id: [u8; 32],
+    slot: Slot,
 }
 
 /// Sorted entries per bucket that the bucket table aims at: few enough that a
@@ -72,7 +79,7 @@ const MERGE_MIN: usize = 1 << 17;
 /// Most entries lie in one vector sorted by id, 49 bytes per blob, with a table
 /// of positions, about one byte per blob, that narrows a lookup to the few
 /// entries that share the id's first bits. Blobs added during a command (a backup's new packs) go to a
-/// hash map first, about 90 bytes per blob, and are merged into the vector once
+/// hash map first, about 60 bytes per blob, and are merged into the vector once
 /// the map grows large. A blob listed twice keeps the location added first.
 #[derive(Default)]
 pub struct Index {
@@ -84,8 +91,8 @@ pub struct Index {
     /// whose first `bucket_bits` bits are `b`. Empty while `sorted` is.
     buckets: Vec<u32>,
     bucket_bits: u32,
-    /// Entries added since the last merge whose ids `sorted` lacks.
-    recent: HashMap<[u8; 32], Entry>,
+    /// Blobs added since the last merge whose ids `sorted` lacks.
+    recent: HashMap<[u8; 32], Slot>,
 }
 
 impl std::fmt::Debug for Index {
@@ -111,8 +118,10 @@ impl IndexBuilder {
     /// Adds every blob of a record.
     pub fn add_record(&mut self, record: &IndexRecord) {
         let pack = self.index.pack_number(&record.pack);
-        self.entries
-            .extend(record.entries.iter().map(|e| Entry::new(e, pack)));
+        self.entries.extend(record.entries.iter().map(|e| Entry {
+            id: e.id,
+            slot: Slot::new(e, pack),
+        }));
     }
 
     /// Sorts the blobs and returns the index. A blob listed twice keeps the
@@ -129,10 +138,9 @@ impl IndexBuilder {
     }
 }
 
-impl Entry {
+impl Slot {
     fn new(entry: &PackEntry, pack: u32) -> Self {
-        Entry {
-            id: entry.id,
+        Slot {
             pack,
             offset: entry.offset,
             len: entry.len,
@@ -160,7 +168,7 @@ impl Index {
             if self.find_sorted(&entry.id).is_none() {
                 self.recent
                     .entry(entry.id)
-                    .or_insert_with(|| Entry::new(entry, pack));
+                    .or_insert_with(|| Slot::new(entry, pack));
             }
         }
         if self.recent.len() >= MERGE_MIN.max(self.sorted.len() / 8) {
@@ -173,7 +181,10 @@ impl Index {
     fn merge_recent(&mut self) {
         // Taking the map rather than draining it also frees its table.
         let recent = std::mem::take(&mut self.recent);
-        let mut new: Vec<Entry> = recent.into_values().collect();
+        let mut new: Vec<Entry> = recent
+            .into_iter()
+            .map(|(id, slot)| Entry { id, slot })
+            .collect();
         new.sort_unstable_by_key(|entry| entry.id);
         let old_len = self.sorted.len();
         let filler = new[0];
@@ -215,7 +226,7 @@ impl Index {
         }
     }
 
-    fn find_sorted(&self, id: &[u8; 32]) -> Option<&Entry> {
+    fn find_sorted(&self, id: &[u8; 32]) -> Option<&Slot> {
         if self.sorted.is_empty() {
             return None;
         }
@@ -223,26 +234,26 @@ impl Index {
         let range = self.buckets[bucket] as usize..self.buckets[bucket + 1] as usize;
         let candidates = &self.sorted[range];
         let at = candidates.binary_search_by(|e| e.id.cmp(id)).ok()?;
-        Some(&candidates[at])
+        Some(&candidates[at].slot)
     }
 
-    fn find(&self, id: &[u8; 32]) -> Option<&Entry> {
+    fn find(&self, id: &[u8; 32]) -> Option<&Slot> {
         self.find_sorted(id).or_else(|| self.recent.get(id))
     }
 
-    fn location(&self, entry: &Entry) -> BlobLocation {
+    fn location(&self, slot: &Slot) -> BlobLocation {
         BlobLocation {
-            pack: self.packs[entry.pack as usize],
-            kind: entry.kind,
-            offset: entry.offset,
-            len: entry.len,
-            raw_len: entry.raw_len,
+            pack: self.packs[slot.pack as usize],
+            kind: slot.kind,
+            offset: slot.offset,
+            len: slot.len,
+            raw_len: slot.raw_len,
         }
     }
 
     /// Looks a blob up by id.
     pub fn get(&self, id: &[u8; 32]) -> Option<BlobLocation> {
-        self.find(id).map(|entry| self.location(entry))
+        self.find(id).map(|slot| self.location(slot))
     }
 
     /// Returns true if the blob is stored.
@@ -267,10 +278,11 @@ impl Index {
 
     /// Iterates over all blobs.
     pub fn iter(&self) -> impl Iterator<Item = ([u8; 32], BlobLocation)> + '_ {
-        self.sorted
-            .iter()
-            .chain(self.recent.values())
-            .map(|entry| (entry.id, self.location(entry)))
+        let sorted = self.sorted.iter().map(|e| (e.id, e.slot));
+        let recent = self.recent.iter().map(|(id, slot)| (*id, *slot));
+        sorted
+            .chain(recent)
+            .map(|(id, slot)| (id, self.location(&slot)))
     }
 }
 
