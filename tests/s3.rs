@@ -502,3 +502,45 @@ fn s3_copy_from_local_repository() {
         "restore of the copy in S3",
     );
 }
+
+/// Returns the request lines in `log` that read repository files below `dir`.
+fn reads_below(log: &str, dir: &str) -> usize {
+    let wanted = format!("\"GET /{BUCKET}/{PREFIX}/{dir}/");
+    log.lines().filter(|line| line.contains(&wanted)).count()
+}
+
+#[test]
+fn s3_restore_reads_each_pack_in_few_requests() {
+    let s3 = S3Fixture::new();
+    let fixture = &s3.fixture;
+    let src = fixture.path("src");
+    // 300 small files in 30 directories: one chunk pack and one tree pack.
+    for n in 0..300 {
+        let dir = src.join(format!("dir-{:02}", n % 30));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(format!("file-{n:03}")),
+            pseudo_random_bytes(3000, n),
+        )
+        .unwrap();
+    }
+    let snapshot = snapshot_id(&fixture.backup(&[&src], &[]));
+    let packs = data_keys(&s3.server, PREFIX)
+        .iter()
+        .filter(|key| key.contains("/data/"))
+        .count();
+    assert_eq!(packs, 2, "expected one chunk pack and one tree pack");
+
+    let before = reads_below(&s3.server.log(), "data");
+    let target = fixture.restore(&snapshot, "target");
+    let reads = reads_below(&s3.server.log(), "data") - before;
+    assert_same_tree(&src, &restored_path(&target, &src), "restore");
+    // The trees on the way down to `src` are read one by one, one request per
+    // path component; its 30 subtrees and the 300 chunks take one request each
+    // per pack. Reading chunk by chunk took over 300.
+    let components = src.components().count();
+    assert!(
+        reads <= components + 2,
+        "{reads} pack reads for {packs} packs and a path of {components} components"
+    );
+}
