@@ -745,32 +745,52 @@ impl Repository {
         Tree::decode(&plain).map_err(|e| damaged(format!("tree {}", id.short()), e))
     }
 
-    /// Loads the trees among `ids` that the tree cache lacks, at most
-    /// [`PREFETCH_TREES`] of them, so that the [`Repository::load_tree`] calls
-    /// that follow find them there. The trees are grouped by pack into few
-    /// reads, several at once, which saves a round trip per tree on a server or
-    /// object store. A tree that cannot be read is left out: loading it on its
-    /// own then reports why.
+    /// Loads the trees among `ids` that the tree cache lacks, and then their
+    /// subtrees level by level, at most [`PREFETCH_TREES`] trees in all, so that
+    /// the [`Repository::load_tree`] calls of a walk below `ids` find them
+    /// there. Each level's trees are grouped by pack into few reads, several at
+    /// once, which saves a round trip per directory on a server or object store.
+    /// A tree that cannot be read is left out: loading it on its own then
+    /// reports why.
     pub fn prefetch_trees<'a>(&self, ids: impl IntoIterator<Item = &'a TreeId>) {
+        let mut budget = PREFETCH_TREES;
+        let mut level = self.uncached_trees(ids.into_iter().copied(), budget);
+        while !level.is_empty() {
+            budget -= level.len();
+            let loaded = self.load_tree_batch(&level);
+            let subtrees: Vec<TreeId> = loaded
+                .iter()
+                .flat_map(|(_, tree)| tree.nodes.iter().filter_map(|node| node.subtree))
+                .collect();
+            {
+                let mut cache = self.trees.lock().expect("tree cache lock");
+                for (id, tree) in loaded {
+                    cache.put(id, Arc::new(tree));
+                }
+            }
+            level = self.uncached_trees(subtrees.into_iter(), budget);
+        }
+    }
+
+    /// Returns the first `limit` distinct ids of `ids` that the tree cache lacks.
+    fn uncached_trees(&self, ids: impl Iterator<Item = TreeId>, limit: usize) -> Vec<TreeId> {
+        let cache = self.trees.lock().expect("tree cache lock");
+        let mut seen = std::collections::HashSet::new();
+        ids.filter(|id| !cache.contains(id) && seen.insert(*id))
+            .take(limit)
+            .collect()
+    }
+
+    /// Reads the trees `ids`, grouped by pack into merged reads on the read
+    /// pool, and returns those that open and decode.
+    fn load_tree_batch(&self, ids: &[TreeId]) -> Vec<(TreeId, Tree)> {
         use rayon::prelude::*;
 
-        let missing: Vec<TreeId> = {
-            let cache = self.trees.lock().expect("tree cache lock");
-            let mut seen = std::collections::HashSet::new();
-            ids.into_iter()
-                .filter(|id| !cache.contains(*id) && seen.insert(**id))
-                .take(PREFETCH_TREES)
-                .copied()
-                .collect()
-        };
-        if missing.len() < 2 {
-            return;
-        }
         let mut packs: Vec<(PackId, Vec<(TreeId, index::BlobLocation)>)> = Vec::new();
         {
             let index = self.index();
             let mut numbers: std::collections::HashMap<PackId, usize> = Default::default();
-            for id in missing {
+            for id in ids {
                 let Some(location) = index.get(&id.0) else {
                     continue;
                 };
@@ -778,7 +798,7 @@ impl Repository {
                     packs.push((location.pack, Vec::new()));
                     packs.len() - 1
                 });
-                packs[number].1.push((id, location));
+                packs[number].1.push((*id, location));
             }
         }
         let mut runs = Vec::new();
@@ -788,15 +808,11 @@ impl Repository {
                 runs.push((*pack, run));
             }
         }
-        let loaded: Vec<(TreeId, Tree)> = self.read_pool().install(|| {
+        self.read_pool().install(|| {
             runs.par_iter()
                 .flat_map_iter(|(pack, run)| self.open_tree_run(pack, run))
                 .collect()
-        });
-        let mut cache = self.trees.lock().expect("tree cache lock");
-        for (id, tree) in loaded {
-            cache.put(id, Arc::new(tree));
-        }
+        })
     }
 
     /// Reads one run of trees from `pack` and returns those that open and decode.
