@@ -1,7 +1,7 @@
 //! Writing a snapshot's files back to a directory.
 //!
 //! Directories are created first. Files are then written pack by pack: the
-//! chunks that the restore needs are sorted by the pack that holds them, each
+//! chunks that the restore needs are sorted by the pack that contains them, each
 //! pack is read in few large reads, several packs at once, and each chunk goes
 //! to every file and offset that holds it. So a chunk shared by many files is
 //! read once, and a repository on a server or object store answers a few
@@ -277,8 +277,8 @@ fn plan_tree(
     Ok(())
 }
 
-/// Where one copy of a chunk goes: a file of the plan, an offset in it and the
-/// length that the file's tree records.
+/// The destination of one copy of a chunk: a file of the plan, an offset in it
+/// and the length that the file's tree records.
 struct Placement {
     file: u32,
     len: u32,
@@ -299,7 +299,7 @@ struct PackReads {
     chunks: Vec<PackChunk>,
 }
 
-/// What is left to do for one file.
+/// The progress of one file.
 #[derive(Default)]
 struct FileState {
     /// Chunk copies not yet written or given up.
@@ -405,6 +405,7 @@ fn write_files(
     let (packs, states) = plan_reads(repo, files)?;
     let done = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
+    let unreachable = OnceLock::new();
     let finish = |file: usize| {
         let (path, node) = &files[file];
         if let Some(reason) = states[file].error.get() {
@@ -443,6 +444,9 @@ fn write_files(
             for run in read_runs(&reads.chunks, |chunk| {
                 (chunk.offset.into(), chunk.len.into())
             }) {
+                if unreachable.get().is_some() {
+                    return;
+                }
                 let start = u64::from(run[0].offset);
                 let last = &run[run.len() - 1];
                 let len = u64::from(last.offset) + u64::from(last.len) - start;
@@ -462,12 +466,24 @@ fn write_files(
                             place(chunk, plain, files, &states, &mut open, progress, &finish);
                         }
                     }
+                    // The backend gave up after retrying: every other read
+                    // would wait as long, so the restore stops.
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        let _ = unreachable.set(e);
+                        return;
+                    }
                     Err(e) => {
                         // Reading the chunks one by one names the damaged ones
                         // and finds chunks that a prune moved since.
                         tracing::debug!("reading {len} bytes of {name} failed: {e}");
                         for chunk in run {
                             let plain = repo.read_chunk(&chunk.id);
+                            if let Err(RepoError::Io(e)) = &plain
+                                && e.kind() == io::ErrorKind::TimedOut
+                            {
+                                let _ = unreachable.set(io::Error::new(e.kind(), e.to_string()));
+                                return;
+                            }
                             place(chunk, plain, files, &states, &mut open, progress, &finish);
                         }
                     }
@@ -475,6 +491,26 @@ fn write_files(
             }
         });
     });
+    if let Some(e) = unreachable.into_inner() {
+        // Files created before the reads stopped are incomplete. Files of one
+        // chunk not yet created keep whatever the target had at their path.
+        let mut removed = 0u64;
+        for (file, (path, _)) in files.iter().enumerate() {
+            let state = &states[file];
+            if state.remaining.load(Ordering::Acquire) > 0 && !state.create_on_write {
+                let _ = remove_existing(path);
+                removed += 1;
+            }
+        }
+        return Err(RepoError::Io(io::Error::new(
+            e.kind(),
+            format!(
+                "restore stopped, the repository cannot be read: {e}. Restored: {}; removed from the target as incomplete: {}. Run the same restore again once the repository is reachable",
+                crate::display::count(done.into_inner(), "file"),
+                crate::display::count(removed, "file"),
+            ),
+        )));
+    }
     Ok((done.into_inner(), bytes.into_inner()))
 }
 
@@ -580,7 +616,18 @@ fn create_dir(path: &Path) -> io::Result<()> {
     let short = ShortPath::new(path)?;
     let path = short.path();
     match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => return Ok(()),
+        Ok(md) if md.is_dir() => {
+            // An earlier restore may have left the directory read-only. Its
+            // owner's write and search bits are added until its own mode is
+            // restored at the end. A directory that is writable, such as `/usr`
+            // for root, keeps its mode meanwhile.
+            use nix::unistd::{AccessFlags, access};
+            if access(path, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+                let mode = md.permissions().mode() & 0o7777 | 0o300;
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+            }
+            return Ok(());
+        }
         Ok(_) => fs::remove_file(path)?,
         Err(_) => {}
     }

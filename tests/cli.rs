@@ -1519,13 +1519,15 @@ fn check_read_data_names_damaged_file() {
     }
 }
 
-#[test]
-fn backup_unreadable_file_exits_3() {
-    let fixture = Fixture::new();
+/// Returns a command that runs cairn as user `nobody` on the fixture's
+/// repository, which it opens to all users first.
+fn nobody_command(fixture: &Fixture) -> Command {
     // The binary is copied into the temporary directory, because the build
     // directory may not be open to other users.
     let binary = fixture.path("cairn");
-    fs::copy(env!("CARGO_BIN_EXE_cairn"), &binary).unwrap();
+    if !binary.exists() {
+        fs::copy(env!("CARGO_BIN_EXE_cairn"), &binary).unwrap();
+    }
     set_mode(&binary, 0o755);
     set_mode(fixture.dir.path(), 0o755);
     set_mode(&fixture.password_file, 0o644);
@@ -1536,19 +1538,17 @@ fn backup_unreadable_file_exits_3() {
         .unwrap();
     assert!(chmod.status.success(), "{}", describe(&chmod));
 
-    let src = fixture.path("src");
-    write_small_tree(&src);
-    let unreadable = src.join("keep/unreadable");
-    fs::write(&unreadable, b"only root reads this\n").unwrap();
-    set_mode(&unreadable, 0o000);
-
     let setpriv = Command::new("setpriv")
         .arg("--version")
         .output()
         .expect("setpriv (package util-linux) must be installed for this test");
     assert!(setpriv.status.success(), "{}", describe(&setpriv));
+    let state = fixture.path("nobody-state");
+    fs::create_dir_all(&state).unwrap();
+    lchown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
 
-    let output = Command::new("setpriv")
+    let mut command = Command::new("setpriv");
+    command
         .arg(format!("--reuid={NOBODY}"))
         .arg(format!("--regid={NOBODY}"))
         .arg("--clear-groups")
@@ -1557,12 +1557,73 @@ fn backup_unreadable_file_exits_3() {
         .arg(&fixture.repo)
         .arg("--password-file")
         .arg(&fixture.password_file)
-        .arg("backup")
-        .arg(&src)
         .env_remove("CAIRN_REPO")
         .env_remove("CAIRN_PASSWORD")
         .env_remove("CAIRN_PASSWORD_FILE")
-        .stdin(Stdio::null())
+        .env("CAIRN_STATE_DIR", &state)
+        .stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn second_restore_as_user_replaces_files_in_read_only_directories() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir_all(src.join("read-only")).unwrap();
+    fs::create_dir_all(src.join("closed")).unwrap();
+    fs::write(
+        src.join("read-only/inside"),
+        b"in a directory of mode 555\n",
+    )
+    .unwrap();
+    fs::write(src.join("closed/inside"), b"in a directory of mode 000\n").unwrap();
+    set_mode(&src.join("read-only"), 0o555);
+    set_mode(&src.join("closed"), 0o000);
+    let snapshot = snapshot_id(&fixture.backup(&[&src], &[]));
+
+    // A target that `nobody` may write to, restored into twice.
+    let target = fixture.path("target");
+    fs::create_dir(&target).unwrap();
+    lchown(&target, Some(NOBODY), Some(NOBODY)).unwrap();
+    for round in ["first", "second"] {
+        let output = nobody_command(&fixture)
+            .arg("restore")
+            .arg(&snapshot)
+            .arg("--target")
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_OK),
+            "{round} restore: {}",
+            describe(&output)
+        );
+    }
+    let restored = restored_path(&target, &src);
+    for (dir, mode) in [("read-only", 0o555), ("closed", 0o000)] {
+        let md = fs::metadata(restored.join(dir)).unwrap();
+        assert_eq!(md.mode() & 0o7777, mode, "mode of {dir}");
+        assert_eq!(
+            fs::read(restored.join(dir).join("inside")).unwrap(),
+            fs::read(src.join(dir).join("inside")).unwrap(),
+            "{dir}/inside"
+        );
+    }
+}
+
+#[test]
+fn backup_unreadable_file_exits_3() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    write_small_tree(&src);
+    let unreadable = src.join("keep/unreadable");
+    fs::write(&unreadable, b"only root reads this\n").unwrap();
+    set_mode(&unreadable, 0o000);
+
+    let output = nobody_command(&fixture)
+        .arg("backup")
+        .arg(&src)
         .output()
         .unwrap();
     assert_eq!(

@@ -828,8 +828,114 @@ copy_to = ["local"]
         .args(["config", "check"])
         .output()
         .unwrap();
-    assert_ne!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
     let stderr = stderr_of(&output);
     assert!(stderr.contains("repositories.local.token_file"), "{stderr}");
     assert!(stderr.contains("cairn serve"), "{stderr}");
+}
+
+#[test]
+fn restore_stops_when_packs_cannot_be_read() {
+    let mut setup = Setup::new();
+    let source = setup.path("source");
+    build_source(&source);
+    for n in 0..20 {
+        write_file(
+            &source,
+            &format!("small/{n:02}"),
+            format!("file {n}\n").as_bytes(),
+        );
+    }
+    let snapshot = snapshot_id(&setup.backup(Client::Writer, &source));
+
+    // The largest pack contains the chunks. A directory in its place makes
+    // every read of it fail on the server with status 500, which the client
+    // retries until its time limit. The tree pack stays readable.
+    let pack = largest_file(&setup.server.repository().join("data"));
+    let aside = pack.with_extension("aside");
+    fs::rename(&pack, &aside).unwrap();
+    fs::create_dir(&pack).unwrap();
+
+    let target = setup.path("target");
+    let output = setup
+        .command(Client::Reader)
+        .env("CAIRN_HTTP_RETRY_TIMEOUT", "1")
+        .args([
+            OsStr::new("restore"),
+            OsStr::new(&snapshot),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ])
+        .output()
+        .expect("start the cairn binary");
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("restore stopped"), "{stderr}");
+    assert!(stderr.contains("the same restore again"), "{stderr}");
+    assert!(
+        stderr.lines().count() < 5,
+        "one message, not one per file: {stderr}"
+    );
+    // The restore leaves complete files only.
+    let restored = restored_path(&target, &source);
+    for file in files_below(&restored) {
+        let relative = file.strip_prefix(&restored).unwrap();
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            fs::read(source.join(relative)).unwrap(),
+            "{} was left with other bytes than the source",
+            relative.display()
+        );
+    }
+
+    // The server keeps pack files open, so it starts again after the repair.
+    fs::remove_dir(&pack).unwrap();
+    fs::rename(&aside, &pack).unwrap();
+    setup.server.restart();
+    setup.run_ok(
+        Client::Reader,
+        [
+            OsStr::new("restore"),
+            OsStr::new(&snapshot),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    assert_same_tree(&source, &restored);
+}
+
+/// Returns the regular files below `root`, at any depth.
+fn files_below(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = fs::read_dir(root) else {
+        return files;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let kind = fs::symlink_metadata(&path).unwrap().file_type();
+        if kind.is_dir() {
+            files.extend(files_below(&path));
+        } else if kind.is_file() {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Returns the largest regular file below `root`.
+fn largest_file(root: &Path) -> PathBuf {
+    files_below(root)
+        .into_iter()
+        .max_by_key(|file| fs::metadata(file).unwrap().len())
+        .expect("a file below the directory")
 }

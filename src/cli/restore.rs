@@ -80,7 +80,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
         Ok(EXIT_OK)
     } else {
         eprintln!(
-            "error: {} could not be restored; run `cairn check --read-data` to see the damage",
+            "error: {} could not be restored, for the reasons above; run the same restore again once they are fixed, and `cairn check --read-data` if a reason names damage",
             count(outcome.errors.len() as u64, "entry")
         );
         Ok(EXIT_FAILURE)

@@ -680,8 +680,17 @@ impl Repository {
             location = self.locate(id, &what)?;
             read = self.read_sealed(&location);
         }
-        let sealed =
-            read.map_err(|e| damaged(format!("{what} in pack {}", location.pack.short()), e))?;
+        let object = format!("{what} in pack {}", location.pack.short());
+        let sealed = read.map_err(|e| match e.kind() {
+            // The index lists the pack, so a missing pack file is damage.
+            std::io::ErrorKind::NotFound => damaged(object, "its pack file is missing"),
+            // Anything else, such as an unreachable server, says nothing about
+            // the repository's contents.
+            kind => RepoError::Io(std::io::Error::new(
+                kind,
+                format!("reading {object} failed: {e}"),
+            )),
+        })?;
         self.open_blob(kind, id, &sealed, &location.pack)
     }
 
