@@ -3,10 +3,10 @@
 //! checked on any machine.
 //!
 //! Usage: `cargo run --release --example index_memory -- [BLOBS]` (default
-//! 2,000,000). Prints the resident memory per blob after loading the blobs the
-//! way index files are loaded, after adding as many again one pack at a time
-//! the way a backup adds them, and the time of a lookup, then the same for a
-//! plain hash map from id to location.
+//! 2,000,000). Prints the resident memory per blob after loading the blobs as
+//! index files are loaded, and after adding as many again one pack at a time as
+//! a backup adds them. Then it prints the time of a lookup, and the same
+//! figures for a plain hash map from id to location.
 
 use std::time::Instant;
 

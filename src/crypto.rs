@@ -706,8 +706,8 @@ thread_local! {
 /// Decompresses zstd data, failing once the output would exceed `max_len` bytes.
 ///
 /// Frames that state their decompressed size, as every frame cairn writes does,
-/// go through a context kept per thread into a buffer of that size; others are
-/// streamed.
+/// go through a context kept per thread into a buffer of that size. Other
+/// frames are streamed.
 pub fn decompress_bounded(input: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
     use std::io::Read;
 

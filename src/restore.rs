@@ -1,11 +1,11 @@
 //! Writing a snapshot's files back to a directory.
 //!
-//! Directories are created first. Files are then written pack by pack: the
-//! chunks that the restore needs are sorted by the pack that contains them, each
-//! pack is read in few large reads, several packs at once, and each chunk goes
-//! to every file and offset that holds it. So a chunk shared by many files is
-//! read once, and a repository on a server or object store answers a few
-//! requests per pack rather than one per chunk. Each directory's metadata is set
+//! Directories are created first. Files are then written pack by pack. The
+//! chunks that the restore needs are sorted by the pack that contains them, and
+//! each pack is read in few large reads, several packs at once. Each chunk goes
+//! to every file and offset that contains it, so a chunk shared by many files
+//! is read once, and a server or object store gets a few requests per pack
+//! rather than one per chunk. Each directory's metadata is set
 //! last, deepest first, so that writing into a directory does not change its
 //! restored mtime.
 
@@ -311,14 +311,14 @@ struct FileState {
     create_on_write: bool,
 }
 
-/// Sorts the chunks that `files` need by the pack that holds them, in the
+/// Sorts the chunks that `files` need by the pack that contains them, in the
 /// order the packs are first needed, and counts the chunk copies each file
 /// waits for. A file with a chunk that no index lists gets its error here.
 fn plan_reads(
     repo: &Repository,
     files: &[(PathBuf, Node)],
 ) -> Result<(Vec<PackReads>, Vec<FileState>), RepoError> {
-    // A prune may have replaced the index files since they were loaded; its new
+    // A prune may have replaced the index files since they were loaded. Its new
     // files list every chunk that a snapshot still needs, so reload once.
     for attempt in 0..2 {
         let index = repo.index();
@@ -390,10 +390,10 @@ fn plan_reads(
     unreachable!("the second attempt returns")
 }
 
-/// Creates the files that take other than exactly one chunk copy, then reads
-/// each pack's needed chunks with as few reads as the gaps allow, several packs
-/// at once, and writes each chunk to every place it goes, creating the files of
-/// one chunk on the way. A file's metadata is set once its last chunk is written.
+/// Writes the content of `files`. Files that take other than exactly one chunk
+/// copy are created first. Then each pack's needed chunks are read with as few
+/// reads as the gaps allow, several packs at once, and each chunk is written to
+/// every place it goes; files of one chunk are created on the way. A file's metadata is set once its last chunk is written.
 /// A file that cannot be restored whole is removed and reported through `fail`.
 /// Returns the number of files restored and their bytes.
 fn write_files(

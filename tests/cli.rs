@@ -1368,7 +1368,7 @@ fn first_chunk_location(fixture: &Fixture, file: &Path) -> (PathBuf, u64, u64) {
 }
 
 #[test]
-fn prefetched_trees_load_from_cache_except_a_damaged_one() {
+fn prefetched_trees_skip_damaged_tree() {
     use cairn::repository::{Repository, pack_path};
 
     let fixture = Fixture::new();
@@ -1407,8 +1407,8 @@ fn prefetched_trees_load_from_cache_except_a_damaged_one() {
     file.write_all_at(&[byte[0] ^ 1], at).unwrap();
     repo.prefetch_trees(&subtrees);
 
-    // With the pack emptied (the repository may hold it open), only the cache
-    // can answer.
+    // With the pack emptied (the repository may keep it open), only the
+    // cache can return the trees.
     for id in &subtrees {
         assert_eq!(repo.index().get(&id.0).unwrap().pack, damaged.pack);
     }
@@ -1425,7 +1425,7 @@ fn prefetched_trees_load_from_cache_except_a_damaged_one() {
 }
 
 #[test]
-fn damaged_chunk_fails_only_its_file_in_a_shared_pack() {
+fn damaged_chunk_fails_only_its_file() {
     let fixture = Fixture::new();
     let src = fixture.path("src");
     fs::create_dir(&src).unwrap();
@@ -1566,7 +1566,7 @@ fn nobody_command(fixture: &Fixture) -> Command {
 }
 
 #[test]
-fn second_restore_as_user_replaces_files_in_read_only_directories() {
+fn user_restores_twice_into_read_only_dirs() {
     let fixture = Fixture::new();
     let src = fixture.path("src");
     fs::create_dir_all(src.join("read-only")).unwrap();

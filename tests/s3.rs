@@ -505,8 +505,8 @@ fn s3_copy_from_local_repository() {
 
 /// Returns the request lines in `log` that read repository files below `dir`.
 fn reads_below(log: &str, dir: &str) -> usize {
-    let wanted = format!("\"GET /{BUCKET}/{PREFIX}/{dir}/");
-    log.lines().filter(|line| line.contains(&wanted)).count()
+    let request = format!("\"GET /{BUCKET}/{PREFIX}/{dir}/");
+    log.lines().filter(|line| line.contains(&request)).count()
 }
 
 #[test]
@@ -535,9 +535,9 @@ fn s3_restore_reads_each_pack_in_few_requests() {
     let target = fixture.restore(&snapshot, "target");
     let reads = reads_below(&s3.server.log(), "data") - before;
     assert_same_tree(&src, &restored_path(&target, &src), "restore");
-    // The trees on the way down to `src` are read one by one, one request per
-    // path component; its 30 subtrees and the 300 chunks take one request each
-    // per pack. Reading chunk by chunk took over 300.
+    // The trees on the way down to `src` take one request per path component.
+    // Its 30 subtrees and the 300 chunks take one request per pack, where
+    // reading chunk by chunk took over 300.
     let components = src.components().count();
     assert!(
         reads <= components + 2,

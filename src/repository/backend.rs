@@ -54,9 +54,9 @@ pub trait Backend: Send + Sync {
     /// many there were. Only safe while no other process writes.
     fn remove_temporary_files(&self) -> io::Result<u64>;
     /// Returns how many reads a bulk reader such as a restore should keep in
-    /// flight. A local disk needs no more than one per core; a server or object
-    /// store answers each request after a round trip, so more requests at once
-    /// keep its connection busy.
+    /// flight. A local disk needs no more than one per core. A server or object
+    /// store replies to each request after a round trip, so more requests at
+    /// once keep its connection busy.
     fn read_concurrency(&self) -> usize {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }

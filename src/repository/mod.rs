@@ -158,8 +158,9 @@ pub struct Config {
     pub compression_level: i32,
 }
 
-/// Most trees that one [`Repository::prefetch_trees`] call loads: a quarter of
-/// the tree cache, so that a prefetch does not push out the trees in use.
+/// Maximum number of trees that one [`Repository::prefetch_trees`] call loads:
+/// a quarter of the tree cache, so that a prefetch does not push out the trees
+/// in use.
 pub const PREFETCH_TREES: usize = 1024;
 
 /// An open repository.
@@ -684,10 +685,10 @@ impl Repository {
         let sealed = read.map_err(|e| match e.kind() {
             // The index lists the pack, so a missing pack file is damage.
             std::io::ErrorKind::NotFound => damaged(object, "its pack file is missing"),
-            // Anything else, such as an unreachable server, says nothing about
-            // the repository's contents.
-            kind => RepoError::Io(std::io::Error::new(
-                kind,
+            // Any other failure, such as an unreachable server, is not damage
+            // to the repository's contents.
+            error_kind => RepoError::Io(std::io::Error::new(
+                error_kind,
                 format!("reading {object} failed: {e}"),
             )),
         })?;
