@@ -8,6 +8,12 @@
 //! rather than one per chunk. Each directory's metadata is set
 //! last, deepest first, so that writing into a directory does not change its
 //! restored mtime.
+//!
+//! A file is written under a partial name beside its own, `.NAME.cairn-partial`,
+//! and renamed to its name once all its chunks and its metadata are in place.
+//! Whatever stops a restore, a file under its own name is complete: a partial
+//! one carries the partial name, which the next restore of the same snapshot
+//! reuses and renames, and which a restore stopped by SIGINT or SIGTERM removes.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,8 +22,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -35,6 +41,9 @@ pub struct RestoreOptions {
     /// Restore only these snapshot paths (absolute, as in the snapshot) and what
     /// lies below them; empty means everything.
     pub includes: Vec<PathBuf>,
+    /// Set by the caller to stop the restore, such as on SIGINT. Files not yet
+    /// finished are removed, and the restore returns [`RepoError::Interrupted`].
+    pub interrupt: Arc<AtomicBool>,
 }
 
 /// Outcome of a restore.
@@ -159,7 +168,7 @@ pub fn restore_with_progress(
     }
     outcome.lock().expect("outcome lock").dirs = plan.dirs.len() as u64;
 
-    let (files_done, bytes) = write_files(repo, &plan.files, progress, &fail)?;
+    let (files_done, bytes) = write_files(repo, &plan, progress, &options.interrupt, &fail)?;
     outcome.lock().expect("outcome lock").files = files_done;
     let mut others = 0;
     for (path, node) in &plan.others {
@@ -304,12 +313,22 @@ struct PackReads {
 struct FileState {
     /// Chunk copies not yet written or given up.
     remaining: AtomicUsize,
-    /// The first reason the file cannot be restored.
+    /// The first reason the file cannot be restored, or for a file linked
+    /// without its metadata, the reason for that.
     error: OnceLock<String>,
     /// The file is made of one chunk copy and is created when that is written,
     /// which saves opening it twice.
     create_on_write: bool,
+    /// [`NOT_LINKED`], [`LINKED`] or [`LINKED_WITHOUT_METADATA`].
+    linked: AtomicU8,
 }
+
+/// A file that is still to be renamed to its own name, or that failed.
+const NOT_LINKED: u8 = 0;
+/// A file written unnamed and linked to its own name with its metadata.
+const LINKED: u8 = 1;
+/// A file linked to its own name whose metadata could not be set.
+const LINKED_WITHOUT_METADATA: u8 = 2;
 
 /// Sorts the chunks that `files` need by the pack that contains them, in the
 /// order the packs are first needed, and counts the chunk copies each file
@@ -390,61 +409,128 @@ fn plan_reads(
     unreachable!("the second attempt returns")
 }
 
-/// Writes the content of `files`. Files that take other than exactly one chunk
-/// copy are created first. Then each pack's needed chunks are read with as few
-/// reads as the gaps allow, several packs at once, and each chunk is written to
-/// every place it goes; files of one chunk are created on the way. A file's metadata is set once its last chunk is written.
-/// A file that cannot be restored whole is removed and reported through `fail`.
-/// Returns the number of files restored and their bytes.
+/// Returns the name under which the file at `path` is written until it is
+/// complete: `.NAME.cairn-partial` beside it, or a name made of a hash of the
+/// file's name where that is too long or where `hashed`, which the restore sets
+/// when one of its own names ends like a partial name.
+fn partial_path(path: &Path, hashed: bool) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    if hashed || name.len() + 1 + PARTIAL_SUFFIX.len() > NAME_MAX {
+        let hash = blake3::hash(name).to_hex();
+        return path.with_file_name(format!(".{}{PARTIAL_SUFFIX}", &hash[..32]));
+    }
+    let mut partial = Vec::with_capacity(name.len() + 1 + PARTIAL_SUFFIX.len());
+    partial.push(b'.');
+    partial.extend_from_slice(name);
+    partial.extend_from_slice(PARTIAL_SUFFIX.as_bytes());
+    path.with_file_name(OsStr::from_bytes(&partial))
+}
+
+/// Ends the name of a file that a restore has not finished.
+const PARTIAL_SUFFIX: &str = ".cairn-partial";
+
+/// Maximum length in bytes of a file name on Linux file systems.
+const NAME_MAX: usize = 255;
+
+/// Writes the content of the plan's files. Files that take other than exactly
+/// one chunk copy are created first, under their partial names. Then the
+/// needed chunks of each pack are read with as few reads as the gaps allow,
+/// several packs at once. Each chunk is written to every place it goes, and a
+/// file of one chunk is created when that chunk arrives. Once a file's last chunk is written, its
+/// metadata is set and it is renamed to its own name. A file that cannot be
+/// restored whole is removed and reported through `fail`. Returns the number of
+/// files restored and their bytes.
 fn write_files(
     repo: &Repository,
-    files: &[(PathBuf, Node)],
+    plan: &Plan,
     progress: &Progress,
+    interrupt: &AtomicBool,
     fail: &(dyn Fn(&Path, String) + Sync),
 ) -> Result<(u64, u64), RepoError> {
+    let files = &plan.files;
     let (packs, states) = plan_reads(repo, files)?;
+    // A name of the snapshot that ends like a partial name could be the
+    // partial name of another file. Hashed partial names avoid the clash.
+    let hashed = plan
+        .dirs
+        .iter()
+        .chain(&plan.files)
+        .chain(&plan.others)
+        .map(|(path, _)| path)
+        .chain(plan.links.iter().map(|(path, _)| path))
+        .any(|path| {
+            path.as_os_str()
+                .as_bytes()
+                .ends_with(PARTIAL_SUFFIX.as_bytes())
+        });
+    let partial = |file: usize| partial_path(&files[file].0, hashed);
     let done = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let unreachable = OnceLock::new();
     let finish = |file: usize| {
         let (path, node) = &files[file];
-        if let Some(reason) = states[file].error.get() {
+        let state = &states[file];
+        let linked = state.linked.load(Ordering::Relaxed);
+        if linked != NOT_LINKED {
+            done.fetch_add(1, Ordering::Relaxed);
+            bytes.fetch_add(data_len(node), Ordering::Relaxed);
+            progress.add_items(1);
+            if let (LINKED_WITHOUT_METADATA, Some(reason)) = (linked, state.error.get()) {
+                fail(path, format!("metadata not restored: {reason}"));
+            }
+            return;
+        }
+        let partial = &partial(file);
+        if let Some(reason) = state.error.get() {
             // Never leave a file whose bytes differ from the backup.
-            let _ = remove_existing(path);
+            let _ = remove_existing(partial);
+            failed.fetch_add(1, Ordering::Relaxed);
             fail(path, reason.clone());
+            return;
+        }
+        let metadata = set_metadata(partial, node);
+        if let Err(e) = rename_into_place(partial, path) {
+            let _ = remove_existing(partial);
+            failed.fetch_add(1, Ordering::Relaxed);
+            fail(
+                path,
+                format!("cannot rename the restored file into place: {e}"),
+            );
             return;
         }
         done.fetch_add(1, Ordering::Relaxed);
         bytes.fetch_add(data_len(node), Ordering::Relaxed);
         progress.add_items(1);
-        if let Err(e) = set_metadata(path, node) {
+        if let Err(e) = metadata {
             fail(path, format!("metadata not restored: {e}"));
         }
     };
+    let stopped = || unreachable.get().is_some() || interrupt.load(Ordering::Relaxed);
 
     repo.read_pool().install(|| {
-        files
-            .par_iter()
-            .enumerate()
-            .for_each(|(file, (path, node))| {
-                let state = &states[file];
-                if state.error.get().is_none()
-                    && !state.create_on_write
-                    && let Err(e) = create_file(path, node.size)
-                {
-                    let _ = state.error.set(e.to_string());
-                }
-                if state.remaining.load(Ordering::Acquire) == 0 {
-                    finish(file);
-                }
-            });
+        files.par_iter().enumerate().for_each(|(file, (_, node))| {
+            let state = &states[file];
+            if stopped() {
+                return;
+            }
+            if state.error.get().is_none()
+                && !state.create_on_write
+                && let Err(e) = create_file(&partial(file), node.size)
+            {
+                let _ = state.error.set(e.to_string());
+            }
+            if state.remaining.load(Ordering::Acquire) == 0 {
+                finish(file);
+            }
+        });
         packs.par_iter().for_each_init(Vec::new, |sealed, reads| {
             let mut open = None;
             let name = pack_path(&reads.pack);
             for run in read_runs(&reads.chunks, |chunk| {
                 (chunk.offset.into(), chunk.len.into())
             }) {
-                if unreachable.get().is_some() {
+                if stopped() {
                     return;
                 }
                 let start = u64::from(run[0].offset);
@@ -463,7 +549,10 @@ fn write_files(
                                 &sealed[at..at + chunk.len as usize],
                                 &reads.pack,
                             );
-                            place(chunk, plain, files, &states, &mut open, progress, &finish);
+                            place(
+                                chunk, plain, &partial, files, &states, &mut open, progress,
+                                &finish,
+                            );
                         }
                     }
                     // The backend gave up after retrying: every other read
@@ -477,6 +566,9 @@ fn write_files(
                         // and finds chunks that a prune moved since.
                         tracing::debug!("reading {len} bytes of {name} failed: {e}");
                         for chunk in run {
+                            if stopped() {
+                                return;
+                            }
                             let plain = repo.read_chunk(&chunk.id);
                             if let Err(RepoError::Io(e)) = &plain
                                 && e.kind() == io::ErrorKind::TimedOut
@@ -484,31 +576,43 @@ fn write_files(
                                 let _ = unreachable.set(io::Error::new(e.kind(), e.to_string()));
                                 return;
                             }
-                            place(chunk, plain, files, &states, &mut open, progress, &finish);
+                            place(
+                                chunk, plain, &partial, files, &states, &mut open, progress,
+                                &finish,
+                            );
                         }
                     }
                 }
             }
         });
     });
-    if let Some(e) = unreachable.into_inner() {
-        // Files created before the reads stopped are incomplete. Files of one
-        // chunk not yet created keep whatever the target had at their path.
-        let mut removed = 0u64;
-        for (file, (path, _)) in files.iter().enumerate() {
-            let state = &states[file];
-            if state.remaining.load(Ordering::Acquire) > 0 && !state.create_on_write {
-                let _ = remove_existing(path);
-                removed += 1;
+    let unfinished = || {
+        // Files started before the reads stopped are incomplete, under their
+        // partial names. What the target had at the files' own paths stays.
+        for (file, state) in states.iter().enumerate() {
+            if state.remaining.load(Ordering::Acquire) > 0 {
+                let _ = remove_existing(&partial(file));
             }
         }
+        files.len() as u64 - done.load(Ordering::Relaxed) - failed.load(Ordering::Relaxed)
+    };
+    if let Some(e) = unreachable.into_inner() {
+        let left = unfinished();
         return Err(RepoError::Io(io::Error::new(
             e.kind(),
             format!(
-                "restore stopped, the repository cannot be read: {e}. Restored: {}; removed from the target as incomplete: {}. Run the same restore again once the repository is reachable",
-                crate::display::count(done.into_inner(), "file"),
-                crate::display::count(removed, "file"),
+                "restore stopped, the repository cannot be read: {e}. Restored: {}; not restored: {}. Run the same restore again once the repository is reachable",
+                crate::display::count(done.load(Ordering::Relaxed), "file"),
+                crate::display::count(left, "file"),
             ),
+        )));
+    }
+    if interrupt.load(Ordering::Relaxed) {
+        let left = unfinished();
+        return Err(RepoError::Interrupted(format!(
+            "restore interrupted. Restored: {}; not restored: {}, and no directory, link or special file metadata was set. Run the same restore again to finish it",
+            crate::display::count(done.load(Ordering::Relaxed), "file"),
+            crate::display::count(left, "file"),
         )));
     }
     Ok((done.into_inner(), bytes.into_inner()))
@@ -517,9 +621,11 @@ fn write_files(
 /// Writes one chunk's plaintext, or its error, to every place it goes, and
 /// finishes each file whose last chunk this was. `open` keeps the file written
 /// last, since consecutive chunks of a pack mostly belong to one file.
+#[allow(clippy::too_many_arguments)]
 fn place(
     chunk: &PackChunk,
     plain: Result<Vec<u8>, RepoError>,
+    partial: &(dyn Fn(usize) -> PathBuf + Sync),
     files: &[(PathBuf, Node)],
     states: &[FileState],
     open: &mut Option<(u32, fs::File)>,
@@ -544,6 +650,7 @@ fn place(
                 open,
                 placement,
                 state,
+                partial,
                 &files[placement.file as usize],
                 data,
             )
@@ -566,17 +673,29 @@ fn write_at(
     open: &mut Option<(u32, fs::File)>,
     placement: &Placement,
     state: &FileState,
+    partial: &(dyn Fn(usize) -> PathBuf + Sync),
     (path, node): &(PathBuf, Node),
     data: &[u8],
 ) -> io::Result<()> {
     if state.create_on_write {
-        let file = create_file(path, node.size)?;
+        if let Unnamed::Linked { metadata } = write_unnamed(path, node, placement.offset, data)? {
+            let linked = match metadata {
+                Ok(()) => LINKED,
+                Err(e) => {
+                    let _ = state.error.set(e.to_string());
+                    LINKED_WITHOUT_METADATA
+                }
+            };
+            state.linked.store(linked, Ordering::Relaxed);
+            return Ok(());
+        }
+        let file = create_file(&partial(placement.file as usize), node.size)?;
         return file.write_all_at(data, placement.offset);
     }
     let file = match open {
         Some((number, file)) if *number == placement.file => file,
         _ => {
-            let short = ShortPath::new(path)?;
+            let short = ShortPath::new(&partial(placement.file as usize))?;
             let file = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
@@ -587,8 +706,108 @@ fn write_at(
     file.write_all_at(data, placement.offset)
 }
 
-/// Replaces whatever lies at `path` with an empty file of `size` bytes, private
-/// until its metadata is restored. Holes need no writes: the bytes that no
+/// The outcome of [`write_unnamed`].
+enum Unnamed {
+    /// The file is under its own name, with the outcome of setting its metadata.
+    Linked { metadata: io::Result<()> },
+    /// The file system or the system cannot create or link unnamed files.
+    Unsupported,
+}
+
+/// Writes a file of one chunk as an unnamed file in its directory
+/// (`O_TMPFILE`), sets its metadata through the descriptor and links it to
+/// `path`, replacing what was there. Until the link the file has no name, so a
+/// restore killed before it leaves nothing behind. This takes fewer system
+/// calls than a partial name and a rename, which matters for the many small
+/// files of a source tree.
+fn write_unnamed(path: &Path, node: &Node, offset: u64, data: &[u8]) -> io::Result<Unnamed> {
+    use std::os::fd::AsRawFd;
+
+    let short = ShortPath::new(path)?;
+    let Some(dir) = short.path().parent() else {
+        return Ok(Unnamed::Unsupported);
+    };
+    let file = match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
+    {
+        Ok(file) => file,
+        // Kernels and file systems without O_TMPFILE fail with these.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            return Ok(Unnamed::Unsupported);
+        }
+        Err(e) => return Err(e),
+    };
+    file.set_len(node.size)?;
+    file.write_all_at(data, offset)?;
+    let metadata = set_file_metadata(&file, node);
+
+    // Linking through /proc needs no privilege, unlike AT_EMPTY_PATH.
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .expect("no NUL in the path");
+    let to = std::ffi::CString::new(short.path().as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let link = || {
+        // SAFETY: both paths are NUL-terminated strings that outlive the call.
+        let result = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    match link() {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            remove_existing(path)?;
+            link()?;
+        }
+        // Without /proc, write the file under its partial name instead.
+        Err(_) => return Ok(Unnamed::Unsupported),
+    }
+    Ok(Unnamed::Linked { metadata })
+}
+
+/// Sets owner, mode, extended attributes and mtime of an open file, in the
+/// order of [`set_metadata`].
+fn set_file_metadata(file: &fs::File, node: &Node) -> io::Result<()> {
+    use nix::sys::stat::futimens;
+    use nix::sys::time::TimeSpec;
+    use xattr::FileExt as _;
+
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::fchown(
+            file,
+            Some(nix::unistd::Uid::from_raw(node.uid)),
+            Some(nix::unistd::Gid::from_raw(node.gid)),
+        )
+        .map_err(io::Error::from)?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(node.mode))?;
+    for attr in &node.xattrs {
+        file.set_xattr(OsStr::from_bytes(&attr.name), &attr.value)?;
+    }
+    let time = TimeSpec::new(node.mtime.secs, node.mtime.nanos as i64);
+    futimens(file, &time, &time).map_err(io::Error::from)
+}
+
+/// Replaces whatever lies at `path`, a partial name, with an empty file of
+/// `size` bytes, private until its metadata is restored. Holes need no writes: the bytes that no
 /// chunk covers read as zeros.
 fn create_file(path: &Path, size: u64) -> io::Result<fs::File> {
     remove_existing(path)?;
@@ -634,6 +853,26 @@ fn create_dir(path: &Path) -> io::Result<()> {
     fs::create_dir(path)?;
     // Until its own mode is restored at the end, the directory must stay writable.
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
+/// Renames the finished file at `partial` to `path`, replacing a file or an
+/// empty directory there, or else removing a directory that is in the way.
+fn rename_into_place(partial: &Path, path: &Path) -> io::Result<()> {
+    let rename = || {
+        let from = ShortPath::new(partial)?;
+        let to = ShortPath::new(path)?;
+        fs::rename(from.path(), to.path())
+    };
+    match rename() {
+        Err(e)
+            if e.kind() == io::ErrorKind::IsADirectory
+                || e.kind() == io::ErrorKind::DirectoryNotEmpty =>
+        {
+            remove_existing(path)?;
+            rename()
+        }
+        result => result,
+    }
 }
 
 fn remove_existing(path: &Path) -> io::Result<()> {

@@ -1612,6 +1612,67 @@ fn user_restores_twice_into_read_only_dirs() {
     }
 }
 
+/// A user other than root cannot set `trusted.*` attributes. The files must
+/// still reach their own names whole, both the file of one chunk, which is
+/// written unnamed and linked, and the larger one, which is renamed from its
+/// partial name, and the error must name each of them.
+#[test]
+fn user_restore_reports_unset_metadata() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir(&src).unwrap();
+    let files = [
+        ("one-chunk", pseudo_random_bytes(40_000, 1)),
+        ("many-chunks", pseudo_random_bytes(12 << 20, 2)),
+    ];
+    for (name, bytes) in &files {
+        fs::write(src.join(name), bytes).unwrap();
+        xattr::set(src.join(name), "trusted.origin", b"root only").unwrap();
+    }
+    let snapshot = snapshot_id(&fixture.backup(&[&src], &[]));
+
+    let target = fixture.path("target");
+    fs::create_dir(&target).unwrap();
+    lchown(&target, Some(NOBODY), Some(NOBODY)).unwrap();
+    let output = nobody_command(&fixture)
+        .arg("restore")
+        .arg(&snapshot)
+        .arg("--target")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let stderr = stderr_of(&output);
+    let restored = restored_path(&target, &src);
+    for (name, bytes) in &files {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.contains(name) && line.contains("metadata not restored")),
+            "no error names the metadata of {name}: {stderr}"
+        );
+        assert_eq!(
+            &fs::read(restored.join(name)).unwrap(),
+            bytes,
+            "content of {name}"
+        );
+    }
+    let names: Vec<_> = fs::read_dir(&restored)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "other entries than the two files: {names:?}"
+    );
+}
+
 #[test]
 fn backup_unreadable_file_exits_3() {
     let fixture = Fixture::new();

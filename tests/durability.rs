@@ -1,4 +1,4 @@
-//! Durability tests of the `cairn` binary: kills during backup and prune,
+//! Durability tests of the `cairn` binary: kills during backup, prune and restore,
 //! backups and a prune that run at the same time, stale and live locks, a full
 //! disk, a pack overwritten with garbage and a read-only repository.
 //!
@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -797,6 +797,150 @@ fn kill_during_prune_leaves_readable_repository() {
     for (id, copy) in &remaining {
         fixture.assert_restores(id, &src, copy, "after the prune that followed all kills");
     }
+}
+
+/// Sends SIGKILL to a child process that has not been waited for, so that its
+/// pid cannot have been reused, when a test ends before waiting for it.
+struct KillOnDrop(Option<Pid>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+/// Restores a snapshot whose last file's pack is a FIFO, so the restore waits
+/// in the open of that pack for as long as the test wants. Meanwhile every
+/// file under its own name must be complete, and the unfinished one must lie
+/// under its partial name. SIGINT must then remove the partial file and exit
+/// with 130; SIGKILL leaves it, and the next restore replaces it.
+#[test]
+fn interrupted_restore_leaves_only_complete_files() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir(&src).unwrap();
+    for n in 0..40u64 {
+        fs::write(
+            src.join(format!("small-{n:02}")),
+            random_bytes(10 * KIB + n as usize, n),
+        )
+        .unwrap();
+    }
+    fixture.backup(&[&src], &[]);
+    let packs_before = pack_files(&fixture.repo);
+    // Larger than the largest chunk, so the file takes several chunks and is
+    // created before its chunks are read.
+    fs::write(src.join("zz-big"), random_bytes(12 * MIB, 99)).unwrap();
+    let snapshot = fixture.backup(&[&src], &[]);
+    let pack = pack_files(&fixture.repo)
+        .into_iter()
+        .filter(|pack| !packs_before.contains(pack))
+        .max_by_key(|pack| fs::metadata(pack).unwrap().len())
+        .expect("the second backup wrote a pack");
+    let saved = fixture.path("saved-pack");
+    fs::rename(&pack, &saved).unwrap();
+    nix::unistd::mkfifo(&pack, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+    for signal in [Signal::SIGINT, Signal::SIGKILL] {
+        let target = fixture.path(&format!("target-{signal}"));
+        let restore = fixture.spawn_logged(
+            &[
+                OsStr::new("restore"),
+                OsStr::new(&snapshot),
+                OsStr::new("--target"),
+                target.as_os_str(),
+            ],
+            &format!("restore-{signal}"),
+        );
+        // A failed assertion must not leave the restore waiting on the FIFO.
+        let mut guard = KillOnDrop(Some(Pid::from_raw(restore.child.id() as i32)));
+        let restored = restored_path(&target, &src);
+        let partial = restored.join(".zz-big.cairn-partial");
+        let small_done = || (0..40).all(|n| restored.join(format!("small-{n:02}")).exists());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !(partial.exists() && small_done()) {
+            assert!(
+                !restored.join("zz-big").exists(),
+                "zz-big is under its own name before its chunks were read"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the restore never reached the FIFO pack with all small files done"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for n in 0..40 {
+            let name = format!("small-{n:02}");
+            assert_eq!(
+                fs::read(restored.join(&name)).unwrap(),
+                fs::read(src.join(&name)).unwrap(),
+                "{name} is under its own name before it is complete"
+            );
+        }
+        assert!(
+            !restored.join("zz-big").exists(),
+            "zz-big is under its own name before its chunks were read"
+        );
+
+        let pid = Pid::from_raw(restore.child.id() as i32);
+        kill(pid, signal).unwrap();
+        if signal == Signal::SIGINT {
+            // Opening the FIFO for writing lets the waiting open return. The
+            // read that follows fails, and the restore then checks its flag.
+            let mut child = restore;
+            while child.child.try_wait().unwrap().is_none() {
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&pack);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let output = child.wait();
+            guard.0 = None;
+            assert_eq!(output.status.code(), Some(130), "{}", describe(&output));
+            let stderr = stderr_of(&output);
+            assert!(
+                stderr.contains("restore interrupted"),
+                "the message does not name the interrupt: {stderr}"
+            );
+            assert!(
+                stderr.contains("not restored: 1 file"),
+                "the message does not count the file left out: {stderr}"
+            );
+            assert!(
+                !partial.exists(),
+                "SIGINT left the partial file {}",
+                partial.display()
+            );
+            assert_eq!(
+                files_below(&restored).len(),
+                40,
+                "the target holds other files than the small ones"
+            );
+        } else {
+            let output = restore.wait();
+            guard.0 = None;
+            assert_eq!(output.status.signal(), Some(Signal::SIGKILL as i32));
+            assert!(
+                partial.exists() && !restored.join("zz-big").exists(),
+                "SIGKILL must leave the unfinished file under its partial name only"
+            );
+        }
+    }
+
+    fs::remove_file(&pack).unwrap();
+    fs::rename(&saved, &pack).unwrap();
+    let target = fixture.path("target-SIGKILL");
+    let output = fixture.restore(&snapshot, &target);
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    assert_same_tree(
+        &src,
+        &restored_path(&target, &src),
+        "after a restore killed and run again",
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -39,6 +39,9 @@ pub const EXIT_NO_REPOSITORY: i32 = 10;
 pub const EXIT_LOCKED: i32 = 11;
 /// Exit code of a wrong password.
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
+/// Exit code of a restore stopped by SIGINT or SIGTERM, as shells report
+/// a command ended by SIGINT.
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -47,7 +50,8 @@ Exit codes:
   3   backup incomplete: some files could not be read; the snapshot holds the rest
   10  no repository at the given location
   11  repository locked by another process
-  12  wrong password";
+  12  wrong password
+  130 restore interrupted by SIGINT or SIGTERM; files not finished were removed";
 
 /// Encrypted, deduplicated backups that mount as ordinary directory trees.
 #[derive(Debug, Parser)]
@@ -183,6 +187,7 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
         Some(RepoError::WrongPassword(_)) => EXIT_WRONG_PASSWORD,
         Some(RepoError::NotFound(_)) => EXIT_NO_REPOSITORY,
         Some(RepoError::Locked(_)) => EXIT_LOCKED,
+        Some(RepoError::Interrupted(_)) => EXIT_INTERRUPTED,
         _ => EXIT_FAILURE,
     }
 }

@@ -1,10 +1,14 @@
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
 
 use clap::Args;
 
 use super::backup::human_bytes;
 use super::progress::{ItemNoun, ProgressDisplay};
-use super::{Cli, EXIT_FAILURE, EXIT_OK, audit, open};
+use super::{Cli, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, audit, open};
 use crate::display::{count, escape_path};
 use crate::restore::{RestoreOptions, restore_with_progress};
 
@@ -24,6 +28,23 @@ pub struct RestoreArgs {
     json: bool,
 }
 
+/// Returns a flag that the first SIGINT or SIGTERM sets, so that the restore
+/// stops and removes the files it has not finished. A second one ends the
+/// process at once, leaving those files under their partial names.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::signal::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // The first handler ends the process only once the flag is set, that is
+        // on the second signal.
+        signal_hook::flag::register_conditional_shutdown(signal, EXIT_INTERRUPTED, flag.clone())
+            .context("failed to install a signal handler for SIGINT or SIGTERM")?;
+        signal_hook::flag::register(signal, flag.clone())
+            .context("failed to install a signal handler for SIGINT or SIGTERM")?;
+    }
+    Ok(flag)
+}
+
 pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
     let repo = open(cli)?;
     audit::arg("target", args.target.display());
@@ -34,6 +55,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
     audit::arg("snapshot", id.to_hex());
     let options = RestoreOptions {
         includes: args.includes.clone(),
+        interrupt: stop_on_signals()?,
     };
     let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("files"));
     let outcome = restore_with_progress(&repo, &snapshot.tree, &args.target, &options, &progress)?;

@@ -126,6 +126,10 @@ pub enum RepoError {
     /// A snapshot name matched no snapshot or more than one.
     #[error("{0}")]
     SnapshotSpec(String),
+    /// The user stopped the command with SIGINT or SIGTERM; the message says
+    /// what it left behind.
+    #[error("{0}")]
+    Interrupted(String),
     /// A backup-only key was used for an operation that needs a full key.
     #[error(
         "key {key:?} is backup-only: it can add snapshots to {location} but cannot {operation}; run this with a full key (`cairn key list` shows each key's kind)"
