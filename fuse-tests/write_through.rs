@@ -906,3 +906,31 @@ fn sigterm_saves_snapshot() {
     let restored = below(&fixture.restore(&id, "restored"), &src);
     assert_eq!(fs::read(restored.join("f")).unwrap(), b"after");
 }
+
+/// `cairn restore` into `incoming/`. This file system has no `O_TMPFILE`, so
+/// the restore writes every file under a partial name and renames it. The
+/// saved snapshot must hold the restored tree and no partial file.
+#[test]
+fn restore_into_incoming() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    make_source(&src);
+    let first = fixture.backup(&src);
+
+    let mount = fixture.mount(&[]);
+    let target = mount.incoming().join("restored");
+    let output = fixture
+        .command()
+        .arg("restore")
+        .arg(&first)
+        .arg("--target")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let id = mount.unmount_saved();
+
+    let out = fixture.restore(&id, "out");
+    assert_same_tree(&below(&out.join("restored"), &src), &src);
+    assert_same_tree(&below(&out, &src), &src);
+}

@@ -11,6 +11,8 @@
 //!
 //! A file is written under a partial name beside its own, `.NAME.cairn-partial`,
 //! and renamed to its name once all its chunks and its metadata are in place.
+//! A file of one chunk is written unnamed where the file system allows
+//! (`O_TMPFILE`) and linked to its name when complete.
 //! Whatever stops a restore, a file under its own name is complete: a partial
 //! one carries the partial name, which the next restore of the same snapshot
 //! reuses and renames, and which a restore stopped by SIGINT or SIGTERM removes.
