@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::crypto::Payload;
 use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::progress::Progress;
 use crate::repository::lock::LockGuard;
@@ -131,6 +132,7 @@ pub fn copy(
         source,
         dest,
         same_identity: report.same_identity,
+        keep_compression: source.config().compression_level == dest.config().compression_level,
         progress: &progress,
         chunks: HashMap::new(),
         trees: HashMap::new(),
@@ -234,6 +236,9 @@ struct Copier<'a> {
     source: &'a Repository,
     dest: &'a Repository,
     same_identity: bool,
+    /// Both repositories compress at the same level, so a blob's compressed
+    /// payload is sealed again as it is, which saves compressing it anew.
+    keep_compression: bool,
     progress: &'a Progress,
     /// Source chunk id to destination chunk id, for chunks read in this run.
     chunks: HashMap<ChunkId, ChunkId>,
@@ -482,8 +487,7 @@ impl Copier<'_> {
         // The source's exact bytes keep the id valid, since both repositories
         // compute tree ids with the same key.
         if writer.reserve(&source_id.0) {
-            let plain = self.source.read_blob(BlobKind::Tree, &source_id.0)?;
-            self.add_blob(writer, BlobKind::Tree, source_id.0, &plain)?;
+            self.copy_blob(writer, BlobKind::Tree, source_id.0)?;
         }
         Ok(source_id)
     }
@@ -494,8 +498,7 @@ impl Copier<'_> {
         if self.same_identity {
             if writer.reserve(&id.0) {
                 self.chunks_read += 1;
-                let plain = self.source.read_chunk(&id)?;
-                self.add_blob(writer, BlobKind::Chunk, id.0, &plain)?;
+                self.copy_blob(writer, BlobKind::Chunk, id.0)?;
             }
             return Ok(id);
         }
@@ -503,13 +506,64 @@ impl Copier<'_> {
             return Ok(*copied);
         }
         self.chunks_read += 1;
-        let plain = self.source.read_chunk(&id)?;
+        let (plain, payload) = if self.keep_compression {
+            let (plain, payload) = self.source.read_blob_payload(BlobKind::Chunk, &id.0)?;
+            (plain, Some(payload))
+        } else {
+            (self.source.read_chunk(&id)?, None)
+        };
         let copied = self.dest.keys().chunk_id(&plain);
         if writer.reserve(&copied.0) {
-            self.add_blob(writer, BlobKind::Chunk, copied.0, &plain)?;
+            match payload {
+                Some(payload) => {
+                    self.add_payload(writer, BlobKind::Chunk, copied.0, &payload, plain.len())?
+                }
+                None => self.add_blob(writer, BlobKind::Chunk, copied.0, &plain)?,
+            }
         }
         self.chunks.insert(id, copied);
         Ok(copied)
+    }
+
+    /// Copies a blob under the same id, keeping its compression where
+    /// [`Copier::keep_compression`] allows.
+    fn copy_blob(
+        &mut self,
+        writer: &BlobWriter<'_>,
+        kind: BlobKind,
+        id: [u8; 32],
+    ) -> Result<(), RepoError> {
+        if self.keep_compression {
+            let (plain, payload) = self.source.read_blob_payload(kind, &id)?;
+            return self.add_payload(writer, kind, id, &payload, plain.len());
+        }
+        let plain = self.source.read_blob(kind, &id)?;
+        self.add_blob(writer, kind, id, &plain)
+    }
+
+    /// Seals a payload opened in the source under the destination's keys, as
+    /// it is, and adds it to a pack.
+    fn add_payload(
+        &mut self,
+        writer: &BlobWriter<'_>,
+        kind: BlobKind,
+        id: [u8; 32],
+        payload: &Payload,
+        plain_len: usize,
+    ) -> Result<(), RepoError> {
+        let sealed = self
+            .dest
+            .keys()
+            .seal_payload(kind.object_kind(), &id, payload)
+            .map_err(|e| RepoError::Damaged {
+                object: format!("copied blob {}", hex::encode(&id[..4])),
+                detail: e.to_string(),
+            })?;
+        writer.add(kind, id, &sealed, plain_len as u32)?;
+        self.blobs_added += 1;
+        self.blob_bytes_added += plain_len as u64;
+        self.progress.add_bytes(plain_len as u64);
+        Ok(())
     }
 
     /// Seals a blob under the destination's keys and adds it to a pack.

@@ -376,6 +376,57 @@ impl Keys {
         compression_level: i32,
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
+        self.seal_body(kind, id, plaintext.len(), out, |body| {
+            // The room is one byte short of the plaintext, so zstd fails
+            // unless the compressed form is strictly shorter.
+            let compressed_len = if compression_level > 0 && plaintext.len() > 64 {
+                compress_into(
+                    plaintext,
+                    compression_level,
+                    &mut body[..plaintext.len() - 1],
+                )
+            } else {
+                None
+            };
+            match compressed_len {
+                Some(len) => (1, len),
+                None => {
+                    body[..plaintext.len()].copy_from_slice(plaintext);
+                    (0, plaintext.len())
+                }
+            }
+        })
+    }
+
+    /// Seals a payload that [`Keys::open_payload`] returned, as it is, under the
+    /// newest epoch. A copy to another repository uses it to keep the source's
+    /// compression instead of compressing every blob again.
+    pub fn seal_payload(
+        &self,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        payload: &Payload,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let (flag, body) = (payload.0[0], &payload.0[1..]);
+        let mut out = Vec::new();
+        self.seal_body(kind, id, body.len(), &mut out, |room| {
+            room[..body.len()].copy_from_slice(body);
+            (flag, body.len())
+        })?;
+        Ok(out)
+    }
+
+    /// Writes a sealed object into `out`: the header, then the compression byte
+    /// and body that `fill` writes into room for `max_body` bytes and returns,
+    /// encrypted, then the tag.
+    fn seal_body(
+        &self,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        max_body: usize,
+        out: &mut Vec<u8>,
+        fill: impl FnOnce(&mut [u8]) -> (u8, usize),
+    ) -> Result<(), CryptoError> {
         let current = self.current();
         let (version, epoch, ephemeral, key) = match (&self.session, kind.holds_content()) {
             (Some(session), true) => (
@@ -399,7 +450,7 @@ impl Keys {
         let body_start = header_len + 1;
         // Every byte up to the final length is written below, so `resize` only
         // zeroes the part of a reused buffer that grows.
-        out.resize(body_start + plaintext.len() + TAG_LEN, 0);
+        out.resize(body_start + max_body + TAG_LEN, 0);
 
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 12];
@@ -414,25 +465,8 @@ impl Keys {
         out[header_len - 28..header_len - 12].copy_from_slice(&salt);
         out[header_len - 12..header_len].copy_from_slice(&nonce);
 
-        // The output room is one byte short of the plaintext, so zstd fails
-        // unless the compressed form is strictly shorter.
-        let compressed_len = if compression_level > 0 && plaintext.len() > 64 {
-            let room = &mut out[body_start..body_start + plaintext.len() - 1];
-            compress_into(plaintext, compression_level, room)
-        } else {
-            None
-        };
-        let body_len = match compressed_len {
-            Some(len) => {
-                out[header_len] = 1;
-                len
-            }
-            None => {
-                out[header_len] = 0;
-                out[body_start..body_start + plaintext.len()].copy_from_slice(plaintext);
-                plaintext.len()
-            }
-        };
+        let (flag, body_len) = fill(&mut out[body_start..body_start + max_body]);
+        out[header_len] = flag;
         let payload_end = body_start + body_len;
 
         // Each object gets its own key from a random salt, and GCM-SIV stays
@@ -463,6 +497,17 @@ impl Keys {
         sealed: &[u8],
         max_len: usize,
     ) -> Result<Vec<u8>, CryptoError> {
+        self.open_payload(kind, id, sealed)?.into_plaintext(max_len)
+    }
+
+    /// Decrypts a sealed object like [`Keys::open`] and returns its payload
+    /// still compressed.
+    pub fn open_payload(
+        &self,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        sealed: &[u8],
+    ) -> Result<Payload, CryptoError> {
         let header_len = match sealed.first() {
             Some(&OBJECT_VERSION) => SEAL_HEADER_LEN,
             Some(&PUBLIC_OBJECT_VERSION) => PUBLIC_SEAL_HEADER_LEN,
@@ -509,19 +554,8 @@ impl Keys {
         cipher
             .decrypt_in_place(&Nonce::from(nonce), &aad, &mut payload)
             .map_err(|_| CryptoError::Authentication)?;
-
         match payload.first() {
-            Some(0) => {
-                payload.remove(0);
-                if payload.len() > max_len {
-                    return Err(CryptoError::Malformed(format!(
-                        "payload of {} bytes exceeds the {max_len} byte limit",
-                        payload.len()
-                    )));
-                }
-                Ok(payload)
-            }
-            Some(1) => decompress_bounded(&payload[1..], max_len),
+            Some(0 | 1) => Ok(Payload(payload)),
             Some(other) => Err(CryptoError::Malformed(format!(
                 "unknown compression byte {other}"
             ))),
@@ -565,6 +599,43 @@ impl Keys {
         aad.extend_from_slice(&epoch.to_le_bytes());
         aad
     }
+}
+
+/// The decrypted payload of a sealed object: a compression byte, 0 for stored
+/// and 1 for zstd, then the body.
+pub struct Payload(Vec<u8>);
+
+impl Payload {
+    /// Returns the plaintext, decompressing the body if needed; `max_len`
+    /// bounds its size, so that a damaged object cannot make the reader
+    /// allocate without limit.
+    pub fn plaintext(&self, max_len: usize) -> Result<Vec<u8>, CryptoError> {
+        if self.0[0] == 1 {
+            return decompress_bounded(&self.0[1..], max_len);
+        }
+        check_stored_len(self.0.len() - 1, max_len)?;
+        Ok(self.0[1..].to_vec())
+    }
+
+    /// Returns the plaintext like [`Payload::plaintext`], reusing the
+    /// payload's buffer for a stored body.
+    pub fn into_plaintext(mut self, max_len: usize) -> Result<Vec<u8>, CryptoError> {
+        if self.0[0] == 1 {
+            return decompress_bounded(&self.0[1..], max_len);
+        }
+        check_stored_len(self.0.len() - 1, max_len)?;
+        self.0.remove(0);
+        Ok(self.0)
+    }
+}
+
+fn check_stored_len(len: usize, max_len: usize) -> Result<(), CryptoError> {
+    if len > max_len {
+        return Err(CryptoError::Malformed(format!(
+            "payload of {len} bytes exceeds the {max_len} byte limit"
+        )));
+    }
+    Ok(())
 }
 
 impl EpochKeys {
@@ -818,6 +889,32 @@ mod tests {
             .open(ObjectKind::Chunk, &id.0, &sealed, 1 << 20)
             .unwrap();
         assert_eq!(opened, data);
+    }
+
+    #[test]
+    fn resealed_payload_keeps_compression() {
+        let source = keys();
+        let dest = keys();
+        let compressible = b"a line that repeats\n".repeat(500);
+        let mut random = vec![0u8; 10_000];
+        rand::rng().fill(&mut random[..]);
+        for (name, plain) in [("compressible", compressible), ("random", random)] {
+            let id = [9; 32];
+            let sealed = source.seal(ObjectKind::Chunk, &id, &plain, 3).unwrap();
+            let payload = source
+                .open_payload(ObjectKind::Chunk, &id, &sealed)
+                .unwrap();
+            assert_eq!(payload.plaintext(1 << 20).unwrap(), plain, "{name}");
+            let resealed = dest.seal_payload(ObjectKind::Chunk, &id, &payload).unwrap();
+            assert_eq!(resealed.len(), sealed.len(), "{name}: body sealed as it is");
+            let opened = dest.open(ObjectKind::Chunk, &id, &resealed, 1 << 20);
+            assert_eq!(opened.unwrap(), plain, "{name}");
+            let wrong_keys = source.open(ObjectKind::Chunk, &id, &resealed, 1 << 20);
+            assert!(
+                wrong_keys.is_err(),
+                "{name}: the source's keys open the copy"
+            );
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ use self::pack::BlobKind;
 pub use self::runs::read_runs;
 pub use self::writer::BlobWriter;
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::crypto::{CryptoError, KdfParams, KeyMaterial, Keys, ObjectKind};
+use crate::crypto::{CryptoError, KdfParams, KeyMaterial, Keys, ObjectKind, Payload};
 use crate::id::{ChunkId, IndexId, PackId, SnapshotId, TreeId};
 use crate::snapshot::{MAX_SNAPSHOT_LEN, Snapshot};
 use crate::tree::{MAX_TREE_LEN, Tree};
@@ -126,8 +126,8 @@ pub enum RepoError {
     /// A snapshot name matched no snapshot or more than one.
     #[error("{0}")]
     SnapshotSpec(String),
-    /// The user stopped the command with SIGINT or SIGTERM; the message says
-    /// what it left behind.
+    /// The user stopped the command with SIGINT or SIGTERM. The message names
+    /// what the command left behind.
     #[error("{0}")]
     Interrupted(String),
     /// A backup-only key was used for an operation that needs a full key.
@@ -664,6 +664,28 @@ impl Repository {
 
     /// Reads and decrypts one blob, and checks that its plaintext hashes to its id.
     pub fn read_blob(&self, kind: BlobKind, id: &[u8; 32]) -> Result<Vec<u8>, RepoError> {
+        let (sealed, pack) = self.read_sealed_blob(kind, id)?;
+        self.open_blob(kind, id, &sealed, &pack)
+    }
+
+    /// Reads one blob like [`Repository::read_blob`] and returns its payload
+    /// still compressed too, for sealing it again under other keys.
+    pub fn read_blob_payload(
+        &self,
+        kind: BlobKind,
+        id: &[u8; 32],
+    ) -> Result<(Vec<u8>, Payload), RepoError> {
+        let (sealed, pack) = self.read_sealed_blob(kind, id)?;
+        self.open_blob_payload(kind, id, &sealed, &pack)
+    }
+
+    /// Reads one blob's sealed bytes and returns them with the pack they came
+    /// from.
+    fn read_sealed_blob(
+        &self,
+        kind: BlobKind,
+        id: &[u8; 32],
+    ) -> Result<(Vec<u8>, PackId), RepoError> {
         let what = match kind {
             BlobKind::Chunk => format!("chunk {}", hex::encode(&id[..4])),
             BlobKind::Tree => format!("tree {}", hex::encode(&id[..4])),
@@ -696,7 +718,7 @@ impl Repository {
                 format!("reading {object} failed: {e}"),
             )),
         })?;
-        self.open_blob(kind, id, &sealed, &location.pack)
+        Ok((sealed, location.pack))
     }
 
     /// Decrypts a sealed blob that was read from `pack`, and checks that its
@@ -708,6 +730,36 @@ impl Repository {
         sealed: &[u8],
         pack: &PackId,
     ) -> Result<Vec<u8>, RepoError> {
+        self.open_blob_with(kind, id, sealed, pack, |payload, max| {
+            payload.into_plaintext(max).map(|plain| (plain, ()))
+        })
+        .map(|(plain, ())| plain)
+    }
+
+    /// Opens a blob like [`Repository::open_blob`] and returns its payload
+    /// still compressed too.
+    fn open_blob_payload(
+        &self,
+        kind: BlobKind,
+        id: &[u8; 32],
+        sealed: &[u8],
+        pack: &PackId,
+    ) -> Result<(Vec<u8>, Payload), RepoError> {
+        self.open_blob_with(kind, id, sealed, pack, |payload, max| {
+            payload.plaintext(max).map(|plain| (plain, payload))
+        })
+    }
+
+    /// Decrypts a blob, decodes its payload with `decode` and checks that the
+    /// plaintext hashes to `id`.
+    fn open_blob_with<T>(
+        &self,
+        kind: BlobKind,
+        id: &[u8; 32],
+        sealed: &[u8],
+        pack: &PackId,
+        decode: impl FnOnce(Payload, usize) -> Result<(Vec<u8>, T), CryptoError>,
+    ) -> Result<(Vec<u8>, T), RepoError> {
         let object = || {
             let what = match kind {
                 BlobKind::Chunk => "chunk",
@@ -719,9 +771,10 @@ impl Repository {
             BlobKind::Chunk => MAX_CHUNK_LEN,
             BlobKind::Tree => MAX_TREE_LEN,
         };
-        let plain = self
+        let (plain, extra) = self
             .keys
-            .open(kind.object_kind(), id, sealed, max)
+            .open_payload(kind.object_kind(), id, sealed)
+            .and_then(|payload| decode(payload, max))
             .map_err(|e| damaged(object(), e))?;
         let actual = match kind {
             BlobKind::Chunk => self.keys.chunk_id(&plain).0,
@@ -730,7 +783,7 @@ impl Repository {
         if &actual != id {
             return Err(damaged(object(), "its plaintext does not hash to its id"));
         }
-        Ok(plain)
+        Ok((plain, extra))
     }
 
     fn locate(&self, id: &[u8; 32], what: &str) -> Result<index::BlobLocation, RepoError> {
