@@ -194,6 +194,41 @@ fn last_key_cannot_be_removed() {
     assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
 }
 
+/// Removing the last full key while a backup-only key remains would leave a
+/// repository that takes new backups but that nobody can read.
+#[test]
+fn last_full_key_kept_beside_backup_only() {
+    let repo = Repo::new("full password");
+    let add = |name: &str, password: &str, kind: &[&str]| {
+        let file = repo.password_file(&format!("{name}.pw"), password);
+        let mut args = vec!["key", "add", "--name", name];
+        args.extend_from_slice(kind);
+        args.extend_from_slice(&["--new-password-file", path_arg(&file)]);
+        let output = repo.run("full password", &args);
+        assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    };
+    add("web01", "web password", &["--backup-only"]);
+
+    let output = repo.run("full password", &["key", "remove", "default"]);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("only full key"), "message: {stderr}");
+    let output = repo.run("full password", &["snapshots"]);
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+
+    // With a second full key, the first one can go.
+    add("admin2", "second full password", &[]);
+    let output = repo.run("full password", &["key", "remove", "default"]);
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+    let output = repo.run("second full password", &["snapshots"]);
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{}", describe(&output));
+}
+
 #[test]
 fn duplicate_key_name_rejected() {
     let repo = Repo::new("first password");

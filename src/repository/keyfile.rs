@@ -473,7 +473,8 @@ impl super::Repository {
     }
 
     /// Removes the key slot `name`; its password stops working at once. The last
-    /// slot cannot be removed, since the repository could never be opened again.
+    /// full slot cannot be removed: the repository could never be read again,
+    /// while backup-only keys would go on adding backups that nobody can restore.
     pub fn remove_key(&self, name: &str) -> Result<(), super::RepoError> {
         self.require_full_key("remove keys")?;
         let mut file = self.key_file()?;
@@ -485,6 +486,12 @@ impl super::Repository {
         if file.slots.len() == 1 {
             return Err(super::RepoError::KeySlot(format!(
                 "{name:?} is the only key: add another with `cairn key add` before removing it"
+            )));
+        }
+        let full = |slot: &KeySlot| slot.kind == SlotKind::Full;
+        if full(&file.slots[position]) && file.slots.iter().filter(|s| full(s)).count() == 1 {
+            return Err(super::RepoError::KeySlot(format!(
+                "{name:?} is the only full key: without it nobody could read the repository, and backup-only keys would add backups that cannot be restored; add another full key with `cairn key add` before removing it"
             )));
         }
         let removed = file.slots.remove(position);
