@@ -15,6 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -167,10 +168,34 @@ impl Fixture {
 
     /// Starts `cairn mount --write-through` and waits until it is mounted.
     fn mount(&self, extra: &[&str]) -> Mount {
+        self.mount_with(extra, self.command())
+    }
+
+    /// Starts the mount like [`Fixture::mount`], with a limit of `files` open
+    /// files, soft and hard, for the mount process.
+    fn mount_with_file_limit(&self, files: u64) -> Mount {
+        let mut command = self.command();
+        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: files,
+                    rlim_max: files,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        self.mount_with(&[], command)
+    }
+
+    fn mount_with(&self, extra: &[&str], mut command: Command) -> Mount {
         let mountpoint = self.path("mnt");
         fs::create_dir_all(&mountpoint).unwrap();
-        let child = self
-            .command()
+        let child = command
             .arg("mount")
             .arg("--write-through")
             .args(extra)
@@ -933,4 +958,38 @@ fn restore_into_incoming() {
     let out = fixture.restore(&id, "out");
     assert_same_tree(&below(&out.join("restored"), &src), &src);
     assert_same_tree(&below(&out, &src), &src);
+}
+
+/// A mount allowed only 256 open files takes 2,000 new small files: the
+/// staging file of each stored file stays open until its chunks are in a
+/// written pack, so the mount must write packs early rather than run out of
+/// descriptors.
+#[test]
+fn many_small_files_within_file_limit() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("first"), b"first\n").unwrap();
+    fixture.backup(&src);
+
+    let mount = fixture.mount_with_file_limit(256);
+    let incoming = below(&mount.incoming(), &src);
+    for n in 0..2000u64 {
+        fs::write(
+            incoming.join(format!("small-{n:04}")),
+            random_bytes(3000, n),
+        )
+        .unwrap_or_else(|e| panic!("writing small-{n:04} failed: {e}"));
+    }
+    let id = mount.unmount_saved();
+
+    let restored = below(&fixture.restore(&id, "restored"), &src);
+    for n in 0..2000u64 {
+        let name = format!("small-{n:04}");
+        assert_eq!(
+            fs::read(restored.join(&name)).unwrap(),
+            random_bytes(3000, n),
+            "{name}"
+        );
+    }
 }

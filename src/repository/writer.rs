@@ -176,6 +176,13 @@ impl<'a> BlobWriter<'a> {
         Ok(())
     }
 
+    /// Writes the open chunk pack now, however small, so that its chunks can be
+    /// read from the repository.
+    pub fn flush_chunks(&self) -> Result<(), RepoError> {
+        let chunks = std::mem::take(&mut self.state.lock().expect("writer lock").chunks);
+        self.write_pack(chunks)
+    }
+
     /// Writes the open packs and an index file for every pack not yet listed in
     /// one. Returns the bytes written to the repository in this session.
     pub fn finish(self) -> Result<u64, RepoError> {

@@ -441,6 +441,9 @@ pub(crate) struct Overlay {
     /// Stored files whose staging files are kept until their chunks are in
     /// written packs.
     pub(super) retained: Mutex<Vec<u64>>,
+    /// Stored files whose staging files may stay open at once. Beyond it, the
+    /// open chunk pack is written early so that they can be closed.
+    pub(super) max_retained: usize,
 }
 
 /// Settings of the writable folder.
@@ -497,6 +500,7 @@ impl Overlay {
             started: Instant::now(),
             bytes_chunked: AtomicU64::new(0),
             retained: Mutex::new(Vec::new()),
+            max_retained: max_retained_staging(),
         })
     }
 
@@ -617,4 +621,25 @@ impl From<Errno> for LoadError {
     fn from(errno: Errno) -> Self {
         LoadError::Errno(errno)
     }
+}
+
+/// Returns how many staging files of stored files may stay open: a quarter of
+/// the open file limit, which is first raised to its hard limit, and at most
+/// 4096. Each such file takes a descriptor until the pack with its chunks is
+/// written, and a copy of many small files would otherwise reach the limit
+/// (often 1024) long before a 16 MiB pack fills.
+fn max_retained_staging() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 256;
+    };
+    let soft = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 4096)
 }

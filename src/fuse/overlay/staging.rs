@@ -213,7 +213,14 @@ impl Overlay {
             }
         }
         io.stored = true;
-        self.retained.lock().expect("retained lock").push(ino);
+        let retained = {
+            let mut retained = self.retained.lock().expect("retained lock");
+            retained.push(ino);
+            retained.len()
+        };
+        if retained >= self.max_retained {
+            self.store.flush()?;
+        }
         self.drop_readable_staging(ino, io);
         Ok(())
     }

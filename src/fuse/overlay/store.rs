@@ -36,6 +36,9 @@ enum Request {
         tree: Tree,
         reply: Sender<Result<TreeId, RepoError>>,
     },
+    Flush {
+        reply: Sender<Result<(), RepoError>>,
+    },
 }
 
 /// Handle to the store thread.
@@ -93,6 +96,12 @@ impl Store {
         self.send(|reply| Request::File { file, reply })
     }
 
+    /// Writes the open chunk pack, so that the chunks of stored files can be
+    /// read from the repository.
+    pub fn flush(&self) -> Result<(), RepoError> {
+        self.send(|reply| Request::Flush { reply })
+    }
+
     /// Stores a tree unless the repository has it.
     pub fn store_tree(&self, tree: Tree) -> Result<TreeId, RepoError> {
         self.send(|reply| Request::Tree { tree, reply })
@@ -127,6 +136,9 @@ fn serve(repo: &Repository, requests: Receiver<Request>) -> Result<u64, RepoErro
             }
             Request::Tree { tree, reply } => {
                 let _ = reply.send(writer.store_tree(&tree));
+            }
+            Request::Flush { reply } => {
+                let _ = reply.send(writer.flush_chunks());
             }
         }
     }
