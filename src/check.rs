@@ -12,6 +12,10 @@ use crate::repository::pack::{BlobKind, decode_pack};
 use crate::repository::{RepoError, Repository, pack_path};
 use crate::tree::{Extent, NodeKind};
 
+/// The fewest bytes that follow a pack's last blob: a header of at least one
+/// byte and the 4-byte trailer.
+const PACK_TAIL_MIN: u64 = 5;
+
 /// Selection of the packs a check reads in full.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum ReadData {
@@ -117,16 +121,27 @@ pub fn check_with_progress(
         }
     }
 
-    let stored: HashSet<PackId> = repo.list_packs()?.into_iter().collect();
+    let stored: HashMap<PackId, u64> = repo.list_pack_sizes()?.into_iter().collect();
     report.packs = stored.len();
     let mut bad_blobs: HashSet<[u8; 32]> = HashSet::new();
     {
         let index = repo.index();
         report.blobs = index.len();
         let mut missing_packs = HashSet::new();
+        // Packs too short for the blobs the index lists in them: their size
+        // and the end of the last blob.
+        let mut short_packs: HashMap<PackId, (u64, u64)> = HashMap::new();
         for (id, location) in index.iter() {
-            if !stored.contains(&location.pack) {
+            let Some(&size) = stored.get(&location.pack) else {
                 missing_packs.insert(location.pack);
+                bad_blobs.insert(id);
+                continue;
+            };
+            // A pack ends with its header and a 4-byte trailer after its blobs.
+            let end = u64::from(location.offset) + u64::from(location.len);
+            if end + PACK_TAIL_MIN > size {
+                let short = short_packs.entry(location.pack).or_insert((size, end));
+                short.1 = short.1.max(end);
                 bad_blobs.insert(id);
             }
         }
@@ -135,11 +150,16 @@ pub fn check_with_progress(
                 .problems
                 .push(format!("pack {pack} is listed in the index but missing"));
         }
+        for (pack, (size, end)) in short_packs {
+            report.problems.push(format!(
+                "pack {pack} is {size} bytes, too short for the blobs that the index lists in it, which end at byte {end}: it was truncated, and the files below lose what it held"
+            ));
+        }
     }
 
     if options.read_data != ReadData::None {
         let selected: HashSet<PackId> = stored
-            .iter()
+            .keys()
             .filter(|p| options.read_data.selects(p))
             .copied()
             .collect();

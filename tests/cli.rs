@@ -1519,6 +1519,55 @@ fn check_read_data_names_damaged_file() {
     }
 }
 
+/// A pack cut short is found without reading data: its size no longer covers
+/// the blobs the index lists in it. Check names the file whose chunks it held.
+#[test]
+fn check_finds_truncated_pack() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    write_small_tree(&src);
+    fixture.backup(&[&src], &[]);
+    let big = src.join("big.bin");
+    fs::write(&big, pseudo_random_bytes(11 << 20, 5)).unwrap();
+    fixture.backup(&[&src], &[]);
+
+    let largest = files_below(&fixture.repo.join("data"))
+        .into_iter()
+        .max_by_key(|f| fs::metadata(f).unwrap().len())
+        .expect("the repository has packs");
+    let length = fs::metadata(&largest).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&largest)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+
+    let output = fixture.run(["check"]);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_FAILURE),
+        "{}",
+        describe(&output)
+    );
+    let text = format!("{}{}", stdout_of(&output), stderr_of(&output));
+    assert!(
+        text.contains("too short"),
+        "check misses the truncated pack:\n{text}"
+    );
+    let big = big.to_str().unwrap();
+    assert!(
+        text.lines().any(|line| line.contains(big)),
+        "check does not name {big}:\n{text}"
+    );
+    let undamaged = src.join("top");
+    let undamaged = undamaged.to_str().unwrap();
+    assert!(
+        !text.lines().any(|line| line.contains(undamaged)),
+        "check names the undamaged {undamaged}:\n{text}"
+    );
+}
+
 /// Returns a command that runs cairn as user `nobody` on the fixture's
 /// repository, which it opens to all users first.
 fn nobody_command(fixture: &Fixture) -> Command {

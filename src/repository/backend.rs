@@ -45,6 +45,17 @@ pub trait Backend: Send + Sync {
     /// left out at every level, and a missing directory is empty. One call
     /// replaces a listing per subdirectory, which costs a request each on S3.
     fn list_recursive(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Lists the files below `dir` like [`Backend::list_recursive`], each with
+    /// its size in bytes. The default asks for the size of each file.
+    fn list_recursive_sizes(&self, dir: &str) -> io::Result<Vec<(String, u64)>> {
+        self.list_recursive(dir)?
+            .into_iter()
+            .map(|name| {
+                let size = self.size(&format!("{dir}/{name}"))?;
+                Ok((name, size))
+            })
+            .collect()
+    }
     /// Removes a file. Removing a file that does not exist fails on a local
     /// directory and succeeds on S3, whose DELETE does not tell the two apart.
     fn remove(&self, name: &str) -> io::Result<()>;

@@ -94,8 +94,10 @@ pub enum RepoError {
         /// Description of the damage.
         detail: String,
     },
-    /// A blob or snapshot the caller asked for is not stored.
-    #[error("{0} not found in the repository")]
+    /// A blob that the index does not list.
+    #[error(
+        "{0} not found in the repository's index: run `cairn check` to see what is missing, and `cairn repair index` if index files were lost or damaged"
+    )]
     Missing(String),
     /// The storage has no room for a new file.
     #[error(
@@ -578,17 +580,18 @@ impl Repository {
 
     /// Lists the packs stored in `data/`.
     pub fn list_packs(&self) -> Result<Vec<PackId>, RepoError> {
-        let mut packs = Vec::new();
-        for path in self.backend.list_recursive("data")? {
-            // Packs lie exactly one directory deep, in data/<2 hex>/.
-            if let Some((_, name)) = path.split_once('/')
-                && !name.contains('/')
-                && let Ok(id) = name.parse()
-            {
-                packs.push(id);
-            }
-        }
-        Ok(packs)
+        let paths = self.backend.list_recursive("data")?;
+        Ok(paths.iter().filter_map(|path| pack_id_of(path)).collect())
+    }
+
+    /// Lists the packs in storage like [`Repository::list_packs`], each with
+    /// its size in bytes.
+    pub fn list_pack_sizes(&self) -> Result<Vec<(PackId, u64)>, RepoError> {
+        let files = self.backend.list_recursive_sizes("data")?;
+        Ok(files
+            .iter()
+            .filter_map(|(path, size)| Some((pack_id_of(path)?, *size)))
+            .collect())
     }
 
     /// Reads and decrypts a pack's header from the end of the pack.
@@ -1072,4 +1075,14 @@ pub fn decode_config(bytes: &[u8], location: &str) -> Result<(Config, [u8; 32]),
     }
     let mac: [u8; 32] = bytes[bytes.len() - 32..].try_into().expect("32-byte slice");
     Ok((config, mac))
+}
+
+/// Returns the pack id of a path below `data/`, or `None` for other files.
+/// Packs lie exactly one directory deep, in `data/<2 hex>/`.
+fn pack_id_of(path: &str) -> Option<PackId> {
+    let (_, name) = path.split_once('/')?;
+    if name.contains('/') {
+        return None;
+    }
+    name.parse().ok()
 }

@@ -497,20 +497,29 @@ impl Backend for S3Backend {
     }
 
     fn list_recursive(&self, dir: &str) -> io::Result<Vec<String>> {
+        let files = self.list_recursive_sizes(dir)?;
+        Ok(files.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// Lists like the default, but takes the sizes from the listing itself
+    /// rather than from a HEAD request per object.
+    fn list_recursive_sizes(&self, dir: &str) -> io::Result<Vec<(String, u64)>> {
         let prefix = self.key(dir)?;
         let store = &self.store;
         let objects: Vec<ObjectMeta> = self.call("list", dir, async {
             store.list(prefix.as_ref()).try_collect().await
         })?;
         let skip = prefix.as_ref().map_or(0, |p| p.as_ref().len() + 1);
-        let mut names: Vec<String> = objects
+        let mut files: Vec<(String, u64)> = objects
             .iter()
-            .filter_map(|object| object.location.as_ref().get(skip..))
-            .filter(|relative| !relative.split('/').any(|part| part.starts_with('.')))
-            .map(str::to_string)
+            .filter_map(|object| {
+                let relative = object.location.as_ref().get(skip..)?;
+                Some((relative.to_string(), object.size))
+            })
+            .filter(|(relative, _)| !relative.split('/').any(|part| part.starts_with('.')))
             .collect();
-        names.sort();
-        Ok(names)
+        files.sort();
+        Ok(files)
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
