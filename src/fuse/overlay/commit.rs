@@ -66,7 +66,7 @@ impl Overlay {
         let mut bytes_added = self.store.finish()?;
         if let Some(failure) = self.store.failure() {
             return Err(RepoError::Io(std::io::Error::other(format!(
-                "storing data from incoming/ failed earlier ({failure}); no snapshot was saved"
+                "storing data from incoming/ failed earlier ({failure}); no snapshot was saved, and the changes made in incoming/ during this mount are lost: fix the cause, mount again and write them again"
             ))));
         }
         if !changed {
