@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Backs up and restores the same tree with a local repository and with an S3
-# repository, and prints the wall time of each step.
+# repository, copies the S3 repository to a local one, and prints the wall
+# time of each step.
 #
 # Unless S3_URL is set, the S3 server is a moto_server (pip install
 # 'moto[server]') that this script starts on a free port of 127.0.0.1 and stops
@@ -100,6 +101,8 @@ for kind in local s3; do
   diff -rq --no-dereference "$SRC" "$WORK/restore-$kind$SRC" > /dev/null ||
     { echo "error: the $kind restore differs from $SRC" >&2; exit 1; }
 done
+CAIRN_LIKE_PASSWORD=bench "$cairn" --repo "$WORK/copy-repo" init --like "$S3_URL" > /dev/null
+step "copy from s3 to local" env CAIRN_FROM_PASSWORD=bench "$cairn" --repo "$WORK/copy-repo" copy --from "$S3_URL"
 
 echo
 echo "| step | seconds |"

@@ -459,6 +459,14 @@ impl Copier<'_> {
 
     fn frame(&self, source: TreeId) -> Result<Frame, RepoError> {
         let tree = self.source.load_tree(&source)?;
+        // Subtrees come in few merged reads, which saves a request per
+        // directory when the source is a server or an object store.
+        self.source.prefetch_trees(
+            tree.nodes
+                .iter()
+                .filter_map(|node| node.subtree.as_ref())
+                .filter(|subtree| !self.trees.contains_key(subtree)),
+        );
         Ok(Frame {
             source,
             nodes: Vec::with_capacity(tree.nodes.len()),
