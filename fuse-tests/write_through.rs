@@ -960,10 +960,9 @@ fn restore_into_incoming() {
     assert_same_tree(&below(&out, &src), &src);
 }
 
-/// A mount allowed only 256 open files takes 2,000 new small files: the
+/// A mount allowed only 256 open files takes 2,000 new small files. The
 /// staging file of each stored file stays open until its chunks are in a
-/// written pack, so the mount must write packs early rather than run out of
-/// descriptors.
+/// written pack, so the mount must write packs early to stay within the limit.
 #[test]
 fn many_small_files_within_file_limit() {
     let fixture = Fixture::new();

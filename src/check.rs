@@ -12,7 +12,7 @@ use crate::repository::pack::{BlobKind, decode_pack};
 use crate::repository::{RepoError, Repository, pack_path};
 use crate::tree::{Extent, NodeKind};
 
-/// The fewest bytes that follow a pack's last blob: a header of at least one
+/// Minimum number of bytes after a pack's last blob: a header of at least one
 /// byte and the 4-byte trailer.
 const PACK_TAIL_MIN: u64 = 5;
 

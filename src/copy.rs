@@ -133,6 +133,7 @@ pub fn copy(
         dest,
         same_identity: report.same_identity,
         keep_compression: source.config().compression_level == dest.config().compression_level,
+        ahead: HashMap::new(),
         progress: &progress,
         chunks: HashMap::new(),
         trees: HashMap::new(),
@@ -229,7 +230,25 @@ struct Frame {
     tree: Arc<Tree>,
     next: usize,
     nodes: Vec<Node>,
+    /// The chunks of the directory's files that the copy may need, in the
+    /// order of the files, and how many of them have been read ahead.
+    wanted: Vec<ChunkId>,
+    read: usize,
+    /// For each entry of the tree, the length of `wanted` up to and with
+    /// that entry's chunks.
+    wanted_end: Vec<usize>,
 }
+
+/// A chunk read ahead of its file: its payload, the length of its plaintext,
+/// and its id in the destination.
+struct ReadAhead {
+    payload: Payload,
+    plain_len: usize,
+    dest_id: ChunkId,
+}
+
+/// The most sealed bytes read ahead at once.
+const READ_AHEAD_BYTES: u64 = 32 << 20;
 
 /// The state of one copy run: which blobs are copied, and under which ids.
 struct Copier<'a> {
@@ -239,6 +258,9 @@ struct Copier<'a> {
     /// Both repositories compress at the same level, so a blob's compressed
     /// payload is sealed again as it is, which saves compressing it anew.
     keep_compression: bool,
+    /// Chunks read ahead in merged reads, by source id, until their file
+    /// comes up.
+    ahead: HashMap<ChunkId, ReadAhead>,
     progress: &'a Progress,
     /// Source chunk id to destination chunk id, for chunks read in this run.
     chunks: HashMap<ChunkId, ChunkId>,
@@ -405,7 +427,7 @@ impl Copier<'_> {
         if let Some(id) = self.trees.get(&root) {
             return Ok(*id);
         }
-        let mut stack = vec![self.frame(root)?];
+        let mut stack = vec![self.frame(writer, root)?];
         loop {
             let frame = stack
                 .last_mut()
@@ -415,6 +437,8 @@ impl Copier<'_> {
                 let mut node = node.clone();
                 match (node.kind, node.subtree) {
                     (NodeKind::File, _) => {
+                        let entry = frame.next - 1;
+                        self.read_ahead_for(frame, entry);
                         for extent in &mut node.content {
                             if let Extent::Data { id, .. } = extent {
                                 *id = self.copy_chunk(writer, *id)?;
@@ -430,7 +454,7 @@ impl Copier<'_> {
                         None => {
                             // The subtree id is set when the child frame finishes.
                             frame.nodes.push(node);
-                            let child = self.frame(subtree)?;
+                            let child = self.frame(writer, subtree)?;
                             stack.push(child);
                         }
                     },
@@ -442,6 +466,10 @@ impl Copier<'_> {
             let frame = stack
                 .pop()
                 .expect("the loop runs while the stack has a frame");
+            // Chunks that another file added meanwhile were read for nothing.
+            for id in &frame.wanted[..frame.read] {
+                self.ahead.remove(id);
+            }
             let id = self.store_tree(writer, frame.source, frame.nodes)?;
             self.trees.insert(frame.source, id);
             match stack.last_mut() {
@@ -457,7 +485,83 @@ impl Copier<'_> {
         }
     }
 
-    fn frame(&self, source: TreeId) -> Result<Frame, RepoError> {
+    /// Reads ahead the next chunks of `frame` in merged reads, up to
+    /// [`READ_AHEAD_BYTES`] at a time, until every chunk of the tree's entry
+    /// number `entry` that the copy may need has been read or tried. Each read
+    /// takes one request per run of a pack instead of one per chunk, which
+    /// matters on S3 or a server.
+    fn read_ahead_for(&mut self, frame: &mut Frame, entry: usize) {
+        while frame.read < frame.wanted_end[entry] {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            {
+                let index = self.source.index();
+                while frame.read < frame.wanted.len() && bytes < READ_AHEAD_BYTES {
+                    let id = frame.wanted[frame.read];
+                    frame.read += 1;
+                    bytes += index
+                        .get(&id.0)
+                        .map_or(0, |location| u64::from(location.len));
+                    batch.push(id);
+                }
+            }
+            let dest_keys = self.dest.keys();
+            let same_identity = self.same_identity;
+            let read = self.source.read_chunks_ahead(&batch, |id, plain, payload| {
+                let dest_id = if same_identity {
+                    id
+                } else {
+                    dest_keys.chunk_id(&plain)
+                };
+                let plain_len = plain.len();
+                (
+                    id,
+                    ReadAhead {
+                        payload,
+                        plain_len,
+                        dest_id,
+                    },
+                )
+            });
+            self.ahead.extend(read);
+        }
+    }
+
+    /// Returns the chunks of `tree`'s files that the copy may need to read,
+    /// each once, in the order of the files, and for each entry of the tree
+    /// the number of chunks up to and with its own.
+    fn wanted_chunks(&self, writer: &BlobWriter<'_>, tree: &Tree) -> (Vec<ChunkId>, Vec<usize>) {
+        let mut wanted = Vec::new();
+        let mut ends = Vec::with_capacity(tree.nodes.len());
+        if !self.keep_compression {
+            ends.resize(tree.nodes.len(), 0);
+            return (wanted, ends);
+        }
+        let mut seen = HashSet::new();
+        for node in &tree.nodes {
+            if node.kind != NodeKind::File {
+                ends.push(wanted.len());
+                continue;
+            }
+            for extent in &node.content {
+                let Extent::Data { id, .. } = extent else {
+                    continue;
+                };
+                let needed = if self.same_identity {
+                    writer.is_new(&id.0)
+                } else {
+                    !self.chunks.contains_key(id)
+                };
+                if needed && !self.ahead.contains_key(id) && seen.insert(*id) {
+                    wanted.push(*id);
+                }
+            }
+            ends.push(wanted.len());
+        }
+        (wanted, ends)
+    }
+
+    fn frame(&self, writer: &BlobWriter<'_>, source: TreeId) -> Result<Frame, RepoError> {
         let tree = self.source.load_tree(&source)?;
         // Subtrees come in few merged reads, which saves a request per
         // directory when the source is a server or an object store.
@@ -467,9 +571,13 @@ impl Copier<'_> {
                 .filter_map(|node| node.subtree.as_ref())
                 .filter(|subtree| !self.trees.contains_key(subtree)),
         );
+        let (wanted, wanted_end) = self.wanted_chunks(writer, &tree);
         Ok(Frame {
             source,
             nodes: Vec::with_capacity(tree.nodes.len()),
+            wanted,
+            read: 0,
+            wanted_end,
             tree,
             next: 0,
         })
@@ -506,12 +614,35 @@ impl Copier<'_> {
         if self.same_identity {
             if writer.reserve(&id.0) {
                 self.chunks_read += 1;
-                self.copy_blob(writer, BlobKind::Chunk, id.0)?;
+                match self.ahead.remove(&id) {
+                    Some(read) => self.add_payload(
+                        writer,
+                        BlobKind::Chunk,
+                        id.0,
+                        &read.payload,
+                        read.plain_len,
+                    )?,
+                    None => self.copy_blob(writer, BlobKind::Chunk, id.0)?,
+                }
             }
             return Ok(id);
         }
         if let Some(copied) = self.chunks.get(&id) {
             return Ok(*copied);
+        }
+        if let Some(read) = self.ahead.remove(&id) {
+            self.chunks_read += 1;
+            if writer.reserve(&read.dest_id.0) {
+                self.add_payload(
+                    writer,
+                    BlobKind::Chunk,
+                    read.dest_id.0,
+                    &read.payload,
+                    read.plain_len,
+                )?;
+            }
+            self.chunks.insert(id, read.dest_id);
+            return Ok(read.dest_id);
         }
         self.chunks_read += 1;
         let (plain, payload) = if self.keep_compression {

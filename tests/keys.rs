@@ -195,7 +195,7 @@ fn last_key_cannot_be_removed() {
 }
 
 /// Removing the last full key while a backup-only key remains would leave a
-/// repository that takes new backups but that nobody can read.
+/// repository that takes new backups but can never be read.
 #[test]
 fn last_full_key_kept_beside_backup_only() {
     let repo = Repo::new("full password");

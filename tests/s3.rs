@@ -544,3 +544,45 @@ fn s3_restore_reads_each_pack_in_few_requests() {
         "{reads} pack reads for {packs} packs and a path of {components} components"
     );
 }
+
+#[test]
+fn s3_copy_reads_each_pack_in_few_requests() {
+    let s3 = S3Fixture::new();
+    let src = s3.fixture.path("src");
+    // 300 small files in 3 directories: one chunk pack and one tree pack.
+    for n in 0..300 {
+        let dir = src.join(format!("dir-{}", n % 3));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(format!("file-{n:03}")),
+            pseudo_random_bytes(3000, n),
+        )
+        .unwrap();
+    }
+    s3.fixture.backup(&[&src], &[]);
+
+    // A local repository with its own identity, so every chunk is read.
+    let dir = s3.fixture.path("local");
+    let local = Fixture::with_repository(dir.to_str().unwrap(), s3.server.credentials());
+    let before = reads_below(&s3.server.log(), "data");
+    let url = s3.server.repository_url(BUCKET, PREFIX);
+    let copied = parse_json(&local.run_ok([
+        OsString::from("copy"),
+        "--json".into(),
+        "--from".into(),
+        url.into(),
+        "--from-password-file".into(),
+        s3.fixture.password_file.clone().into_os_string(),
+    ]));
+    let reads = reads_below(&s3.server.log(), "data") - before;
+    assert_eq!(copied["snapshots_copied"], 1, "{copied}");
+    let target = local.restore("latest", "restored");
+    assert_same_tree(&src, &restored_path(&target, &src), "restore of the copy");
+    // The path down to `src` takes a request per component, each directory's
+    // chunks one more, where reading chunk by chunk took over 300.
+    let components = src.components().count();
+    assert!(
+        reads <= components + 8,
+        "{reads} pack reads to copy 300 chunks in 3 directories below a path of {components} components"
+    );
+}

@@ -854,14 +854,49 @@ impl Repository {
     /// Reads the trees `ids`, grouped by pack into merged reads on the read
     /// pool, and returns those that open and decode.
     fn load_tree_batch(&self, ids: &[TreeId]) -> Vec<(TreeId, Tree)> {
+        let ids: Vec<[u8; 32]> = ids.iter().map(|id| id.0).collect();
+        self.read_grouped(&ids, |id, sealed, pack| {
+            let plain = self.open_blob(BlobKind::Tree, id, sealed, pack).ok()?;
+            Some((TreeId(*id), Tree::decode(&plain).ok()?))
+        })
+    }
+
+    /// Reads the chunks `ids` like [`Repository::load_tree_batch`] reads trees,
+    /// and returns `each` of every chunk that opens, given its id, plaintext
+    /// and payload. `each` runs on the read pool. A chunk that cannot be read
+    /// is left out, so that reading it on its own reports why.
+    pub fn read_chunks_ahead<T: Send>(
+        &self,
+        ids: &[ChunkId],
+        each: impl Fn(ChunkId, Vec<u8>, Payload) -> T + Sync,
+    ) -> Vec<T> {
+        let ids: Vec<[u8; 32]> = ids.iter().map(|id| id.0).collect();
+        self.read_grouped(&ids, |id, sealed, pack| {
+            let (plain, payload) = self
+                .open_blob_payload(BlobKind::Chunk, id, sealed, pack)
+                .ok()?;
+            Some(each(ChunkId(*id), plain, payload))
+        })
+    }
+
+    /// Groups the blobs `ids` by pack, reads each pack's blobs in merged runs,
+    /// several runs at once, and returns what `open` makes of each blob's
+    /// sealed bytes. Blobs the index lacks, runs that cannot be read and blobs
+    /// for which `open` returns `None` are left out.
+    fn read_grouped<T: Send>(
+        &self,
+        ids: &[[u8; 32]],
+        open: impl Fn(&[u8; 32], &[u8], &PackId) -> Option<T> + Sync,
+    ) -> Vec<T> {
         use rayon::prelude::*;
 
-        let mut packs: Vec<(PackId, Vec<(TreeId, index::BlobLocation)>)> = Vec::new();
+        type PackBlobs = (PackId, Vec<([u8; 32], index::BlobLocation)>);
+        let mut packs: Vec<PackBlobs> = Vec::new();
         {
             let index = self.index();
             let mut numbers: std::collections::HashMap<PackId, usize> = Default::default();
             for id in ids {
-                let Some(location) = index.get(&id.0) else {
+                let Some(location) = index.get(id) else {
                     continue;
                 };
                 let number = *numbers.entry(location.pack).or_insert_with(|| {
@@ -872,43 +907,34 @@ impl Repository {
             }
         }
         let mut runs = Vec::new();
-        for (pack, trees) in &mut packs {
-            trees.sort_by_key(|(_, location)| location.offset);
-            for run in read_runs(trees, |(_, l)| (l.offset.into(), l.len.into())) {
+        for (pack, blobs) in &mut packs {
+            blobs.sort_by_key(|(_, location)| location.offset);
+            for run in read_runs(blobs, |(_, l)| (l.offset.into(), l.len.into())) {
                 runs.push((*pack, run));
             }
         }
         self.read_pool().install(|| {
             runs.par_iter()
-                .flat_map_iter(|(pack, run)| self.open_tree_run(pack, run))
+                .flat_map_iter(|(pack, run)| {
+                    let start = u64::from(run[0].1.offset);
+                    let last = &run[run.len() - 1].1;
+                    let len = u64::from(last.offset) + u64::from(last.len) - start;
+                    let bytes = match self.backend.read_at(&pack_path(pack), start, len as usize) {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::debug!("reading ahead in pack {pack} failed: {e}");
+                            return Vec::new();
+                        }
+                    };
+                    run.iter()
+                        .filter_map(|(id, location)| {
+                            let at = (u64::from(location.offset) - start) as usize;
+                            open(id, bytes.get(at..at + location.len as usize)?, pack)
+                        })
+                        .collect::<Vec<_>>()
+                })
                 .collect()
         })
-    }
-
-    /// Reads one run of trees from `pack` and returns those that open and decode.
-    fn open_tree_run(
-        &self,
-        pack: &PackId,
-        run: &[(TreeId, index::BlobLocation)],
-    ) -> Vec<(TreeId, Tree)> {
-        let start = u64::from(run[0].1.offset);
-        let last = &run[run.len() - 1].1;
-        let len = u64::from(last.offset) + u64::from(last.len) - start;
-        let bytes = match self.backend.read_at(&pack_path(pack), start, len as usize) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::debug!("prefetching trees from pack {pack} failed: {e}");
-                return Vec::new();
-            }
-        };
-        run.iter()
-            .filter_map(|(id, location)| {
-                let at = (u64::from(location.offset) - start) as usize;
-                let sealed = &bytes[at..at + location.len as usize];
-                let plain = self.open_blob(BlobKind::Tree, &id.0, sealed, pack).ok()?;
-                Some((*id, Tree::decode(&plain).ok()?))
-            })
-            .collect()
     }
 
     /// Loads a directory tree, from a cache of recently used trees when possible.

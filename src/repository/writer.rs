@@ -76,6 +76,18 @@ impl<'a> BlobWriter<'a> {
         self.state.lock().expect("writer lock").reserved.insert(*id)
     }
 
+    /// Returns true if the blob is neither in the repository nor claimed in
+    /// this session, without claiming it.
+    pub fn is_new(&self, id: &[u8; 32]) -> bool {
+        !self.repo.index().contains(id)
+            && !self
+                .state
+                .lock()
+                .expect("writer lock")
+                .reserved
+                .contains(id)
+    }
+
     /// Appends a sealed blob, writing the pack when it reaches its target size.
     pub fn add(
         &self,
