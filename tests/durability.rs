@@ -799,6 +799,44 @@ fn kill_during_prune_leaves_readable_repository() {
     }
 }
 
+/// SIGINT and SIGTERM end a backup at once, as a kill does, but remove its
+/// lock, so that a prune right after it does not wait for the lock to turn
+/// stale. The repository must stay intact and the next backup must work.
+#[test]
+fn interrupted_backup_removes_its_lock() {
+    let fixture = Fixture::new();
+    let src = fixture.path("src");
+    write_tree(&src, &big_tree_spec(), 3);
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let child = fixture.spawn([OsStr::new("backup"), src.as_os_str()]);
+        stop_once_locked(&child, &fixture.repo);
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, signal).unwrap();
+        kill(pid, Signal::SIGCONT).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(130), "{}", describe(&output));
+        let stderr = stderr_of(&output);
+        assert!(
+            stderr.contains(&format!("interrupted by {signal}")),
+            "the message does not name {signal}: {stderr}"
+        );
+        assert_eq!(
+            lock_files(&fixture.repo),
+            Vec::<PathBuf>::new(),
+            "{signal} left the backup's lock"
+        );
+        let prune = fixture
+            .command()
+            .args(["prune", "--lock-wait", "0"])
+            .output()
+            .unwrap();
+        assert_eq!(prune.status.code(), Some(EXIT_OK), "{}", describe(&prune));
+        fixture.assert_check_passes(&format!("after a backup stopped by {signal}"));
+    }
+    let snapshot = fixture.backup(&[&src], &[]);
+    fixture.assert_restores(&snapshot, &src, &src, "after two interrupted backups");
+}
+
 /// Sends SIGKILL to a child process that has not been waited for, so that its
 /// pid cannot have been reused, when a test ends before waiting for it.
 struct KillOnDrop(Option<Pid>);

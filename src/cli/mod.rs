@@ -39,8 +39,8 @@ pub const EXIT_NO_REPOSITORY: i32 = 10;
 pub const EXIT_LOCKED: i32 = 11;
 /// Exit code of a wrong password.
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
-/// Exit code of a restore stopped by SIGINT or SIGTERM, as shells report
-/// a command ended by SIGINT.
+/// Exit code of a command stopped by SIGINT or SIGTERM, as shells report a
+/// command ended by SIGINT.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 const EXIT_CODES_HELP: &str = "\
@@ -51,7 +51,7 @@ Exit codes:
   10  no repository at the given location
   11  repository locked by another process
   12  wrong password
-  130 restore interrupted by SIGINT or SIGTERM; files not finished were removed";
+  130 interrupted by SIGINT or SIGTERM";
 
 /// Encrypted, deduplicated backups that mount as ordinary directory trees.
 #[derive(Debug, Parser)]
@@ -227,6 +227,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Some(path) = &cli.token_file {
         crate::repository::http::set_token_file(path.clone());
     }
+    if !matches!(
+        cli.command,
+        Command::Restore(_) | Command::Mount(_) | Command::Serve(_)
+    ) {
+        exit_on_signals()?;
+    }
     let operation = audited_operation(&cli.command);
     if let Some(operation) = operation {
         audit::begin(operation);
@@ -236,6 +242,31 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         audit::end(&result);
     }
     result
+}
+
+/// Makes the first SIGINT or SIGTERM remove the repository locks that this
+/// process holds and exit with [`EXIT_INTERRUPTED`], as a kill would but
+/// without leaving locks behind. What a command had written stays, as after a
+/// kill. Restore, mount and serve handle these signals themselves.
+fn exit_on_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::signal::{SIGINT, SIGTERM};
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("failed to install a signal handler for SIGINT or SIGTERM")?;
+    std::thread::Builder::new()
+        .name("cairn-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                crate::repository::lock::release_held_locks();
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                eprintln!(
+                    "error: interrupted by {name}; the repository stays readable, run the command again to finish"
+                );
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+        })
+        .context("failed to start the signal thread")?;
+    Ok(())
 }
 
 fn run_command(cli: &Cli) -> anyhow::Result<i32> {

@@ -126,6 +126,30 @@ struct LeaseState {
     removed: bool,
 }
 
+/// A lock file that this process holds.
+struct HeldLock {
+    backend: Arc<dyn Backend>,
+    path: String,
+    stop: Arc<AtomicBool>,
+}
+
+/// The locks this process holds, so that a process stopped by a signal can
+/// remove them before it exits.
+static HELD: Mutex<Vec<HeldLock>> = Mutex::new(Vec::new());
+
+/// Stops refreshing and removes every lock file that this process holds. For
+/// a process about to exit without unwinding, such as on SIGINT: its locks
+/// would otherwise block a prune until they turn stale.
+pub fn release_held_locks() {
+    let held = std::mem::take(&mut *HELD.lock().expect("held locks lock"));
+    for lock in held {
+        lock.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = lock.backend.remove(&lock.path) {
+            tracing::warn!("failed to remove lock {}: {e}", lock.path);
+        }
+    }
+}
+
 /// A held lock. Dropping it stops the refresh thread and deletes the lock file.
 pub struct LockGuard {
     backend: Arc<dyn Backend>,
@@ -172,6 +196,9 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        HELD.lock()
+            .expect("held locks lock")
+            .retain(|held| held.path != self.path);
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.refresher.take() {
             thread.thread().unpark();
@@ -214,13 +241,34 @@ impl Repository {
             };
             let name = format!("{:016x}", rand::rng().random::<u64>());
             let path = format!("locks/{name}");
+            // Registered before it is written, so that a signal that arrives
+            // from here on removes it.
+            let stop = Arc::new(AtomicBool::new(false));
+            HELD.lock().expect("held locks lock").push(HeldLock {
+                backend: self.shared_backend(),
+                path: path.clone(),
+                stop: stop.clone(),
+            });
+            let unregister = |path: &str| {
+                HELD.lock()
+                    .expect("held locks lock")
+                    .retain(|held| held.path != path);
+            };
             // Write first, then look: of two processes that race, at least one
             // sees the other's lock and backs off.
-            self.write_file(&path, &seal(self.keys(), &info))?;
-            let conflict = self.find_conflict(&name, exclusive)?;
-            let Some(holder) = conflict else {
-                return Ok(self.start_lease(path, info));
+            let conflict = self
+                .write_file(&path, &seal(self.keys(), &info))
+                .and_then(|()| self.find_conflict(&name, exclusive));
+            let holder = match conflict {
+                Ok(None) => return Ok(self.start_lease(path, info, stop)),
+                Ok(Some(holder)) => holder,
+                Err(e) => {
+                    unregister(&path);
+                    let _ = self.backend().remove(&path);
+                    return Err(e);
+                }
             };
+            unregister(&path);
             self.backend().remove(&path)?;
             if started.elapsed() >= wait {
                 return Err(RepoError::Locked(holder));
@@ -259,8 +307,7 @@ impl Repository {
         Ok(None)
     }
 
-    fn start_lease(&self, path: String, mut info: LockInfo) -> LockGuard {
-        let stop = Arc::new(AtomicBool::new(false));
+    fn start_lease(&self, path: String, mut info: LockInfo, stop: Arc<AtomicBool>) -> LockGuard {
         let state = Arc::new(Mutex::new(LeaseState {
             last_refresh: Instant::now(),
             error: None,
