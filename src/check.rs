@@ -336,15 +336,24 @@ impl TreeWalk<'_> {
                 NodeKind::File => {
                     let index = self.repo.index();
                     let mut offset = 0u64;
-                    let mut ranges = Vec::new();
+                    // Lost ranges as (start, end), adjacent ones merged.
+                    let mut lost: Vec<(u64, u64)> = Vec::new();
                     for extent in &node.content {
                         if let Extent::Data { id, len } = extent
                             && (!index.contains(&id.0) || self.bad_blobs.contains(&id.0))
                         {
-                            ranges.push(format!("{offset}-{}", offset + u64::from(*len)));
+                            let end = offset + u64::from(*len);
+                            match lost.last_mut() {
+                                Some(last) if last.1 == offset => last.1 = end,
+                                _ => lost.push((offset, end)),
+                            }
                         }
                         offset += extent.len();
                     }
+                    let ranges: Vec<String> = lost
+                        .iter()
+                        .map(|(start, end)| format!("{start}-{end}"))
+                        .collect();
                     if !ranges.is_empty() {
                         damage.push((path, format!("bytes {} lost", ranges.join(","))));
                     }
