@@ -70,6 +70,18 @@ struct Plan {
     links: Vec<(PathBuf, PathBuf)>,
 }
 
+impl Plan {
+    /// Returns every path that the restore creates.
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.dirs
+            .iter()
+            .chain(&self.files)
+            .chain(&self.others)
+            .map(|(path, _)| path)
+            .chain(self.links.iter().map(|(path, _)| path))
+    }
+}
+
 /// Restores the tree `root` below `target`: the snapshot path `/srv/git` comes
 /// back as `target/srv/git`.
 pub fn restore(
@@ -123,14 +135,7 @@ pub fn restore_with_progress(
         let wanted = target.join(OsStr::from_bytes(
             include.strip_prefix(b"/").unwrap_or(include),
         ));
-        let planned = plan
-            .dirs
-            .iter()
-            .chain(&plan.files)
-            .chain(&plan.others)
-            .map(|(path, _)| path)
-            .chain(plan.links.iter().map(|(path, _)| path))
-            .any(|path| *path == wanted);
+        let planned = plan.paths().any(|path| *path == wanted);
         if !planned && include.as_slice() != b"/" {
             return Err(RepoError::SnapshotSpec(format!(
                 "--include {} is not in the snapshot: run `cairn ls SNAPSHOT` to list its paths",
@@ -453,18 +458,11 @@ fn write_files(
     let (packs, states) = plan_reads(repo, files)?;
     // A name of the snapshot that ends like a partial name could be the
     // partial name of another file. Hashed partial names avoid the clash.
-    let hashed = plan
-        .dirs
-        .iter()
-        .chain(&plan.files)
-        .chain(&plan.others)
-        .map(|(path, _)| path)
-        .chain(plan.links.iter().map(|(path, _)| path))
-        .any(|path| {
-            path.as_os_str()
-                .as_bytes()
-                .ends_with(PARTIAL_SUFFIX.as_bytes())
-        });
+    let hashed = plan.paths().any(|path| {
+        path.as_os_str()
+            .as_bytes()
+            .ends_with(PARTIAL_SUFFIX.as_bytes())
+    });
     let partial = |file: usize| partial_path(&files[file].0, hashed);
     let done = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
