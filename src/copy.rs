@@ -134,6 +134,7 @@ pub fn copy(
         same_identity: report.same_identity,
         keep_compression: source.config().compression_level == dest.config().compression_level,
         ahead: HashMap::new(),
+        plan: ReadPlan::default(),
         progress: &progress,
         chunks: HashMap::new(),
         trees: HashMap::new(),
@@ -230,13 +231,17 @@ struct Frame {
     tree: Arc<Tree>,
     next: usize,
     nodes: Vec<Node>,
-    /// The chunks of the directory's files that the copy may need, in the
-    /// order of the files, and how many of them have been read ahead.
-    wanted: Vec<ChunkId>,
+}
+
+/// The chunks that the copy of one snapshot reads, in the order the copy
+/// needs them, and how far they have been read ahead.
+#[derive(Default)]
+struct ReadPlan {
+    chunks: Vec<ChunkId>,
+    /// Each chunk's position in `chunks`.
+    positions: HashMap<ChunkId, usize>,
+    /// The number of chunks read ahead so far.
     read: usize,
-    /// For each entry of the tree, the length of `wanted` up to and with
-    /// that entry's chunks.
-    wanted_end: Vec<usize>,
 }
 
 /// A chunk read ahead of its file: its payload, the length of its plaintext,
@@ -261,6 +266,7 @@ struct Copier<'a> {
     /// Chunks read ahead in merged reads, by source id, until their file
     /// comes up.
     ahead: HashMap<ChunkId, ReadAhead>,
+    plan: ReadPlan,
     progress: &'a Progress,
     /// Source chunk id to destination chunk id, for chunks read in this run.
     chunks: HashMap<ChunkId, ChunkId>,
@@ -309,7 +315,11 @@ impl Copier<'_> {
         lock: &LockGuard,
     ) -> Result<(SnapshotId, Snapshot, u64), RepoError> {
         let writer = self.dest.blob_writer();
-        snapshot.tree = self.copy_tree(&writer, snapshot.tree)?;
+        self.plan = self.plan_reads(&writer, snapshot.tree)?;
+        let copied = self.copy_tree(&writer, snapshot.tree);
+        self.plan = ReadPlan::default();
+        self.ahead.clear();
+        snapshot.tree = copied?;
         let mut bytes = writer.finish()?;
         lock.check()?;
         let (id, len) = self.dest.save_snapshot(&snapshot)?;
@@ -427,7 +437,7 @@ impl Copier<'_> {
         if let Some(id) = self.trees.get(&root) {
             return Ok(*id);
         }
-        let mut stack = vec![self.frame(writer, root)?];
+        let mut stack = vec![self.frame(root)?];
         loop {
             let frame = stack
                 .last_mut()
@@ -437,8 +447,6 @@ impl Copier<'_> {
                 let mut node = node.clone();
                 match (node.kind, node.subtree) {
                     (NodeKind::File, _) => {
-                        let entry = frame.next - 1;
-                        self.read_ahead_for(frame, entry);
                         for extent in &mut node.content {
                             if let Extent::Data { id, .. } = extent {
                                 *id = self.copy_chunk(writer, *id)?;
@@ -454,7 +462,7 @@ impl Copier<'_> {
                         None => {
                             // The subtree id is set when the child frame finishes.
                             frame.nodes.push(node);
-                            let child = self.frame(writer, subtree)?;
+                            let child = self.frame(subtree)?;
                             stack.push(child);
                         }
                     },
@@ -466,10 +474,6 @@ impl Copier<'_> {
             let frame = stack
                 .pop()
                 .expect("the loop runs while the stack has a frame");
-            // Chunks that another file added meanwhile were read for nothing.
-            for id in &frame.wanted[..frame.read] {
-                self.ahead.remove(id);
-            }
             let id = self.store_tree(writer, frame.source, frame.nodes)?;
             self.trees.insert(frame.source, id);
             match stack.last_mut() {
@@ -485,20 +489,65 @@ impl Copier<'_> {
         }
     }
 
-    /// Reads ahead the next chunks of `frame` in merged reads, up to
-    /// [`READ_AHEAD_BYTES`] at a time, until every chunk of the tree's entry
-    /// number `entry` that the copy may need has been read or tried. Each read
-    /// takes one request per run of a pack instead of one per chunk, which
-    /// matters on S3 or a server.
-    fn read_ahead_for(&mut self, frame: &mut Frame, entry: usize) {
-        while frame.read < frame.wanted_end[entry] {
+    /// Lists the chunks that copying the tree `root` reads, each once, in the
+    /// order in which [`Copier::copy_tree`] needs them. It walks the trees in
+    /// the same order, prefetching them level by level.
+    fn plan_reads(&self, writer: &BlobWriter<'_>, root: TreeId) -> Result<ReadPlan, RepoError> {
+        let mut plan = ReadPlan::default();
+        if !self.keep_compression || self.trees.contains_key(&root) {
+            return Ok(plan);
+        }
+        // Each stack entry is a tree and the position of its next entry.
+        let mut stack = vec![(self.load_and_prefetch(root)?, 0)];
+        while let Some((tree, next)) = stack.last_mut() {
+            let Some(node) = tree.nodes.get(*next) else {
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match (node.kind, node.subtree) {
+                (NodeKind::File, _) => {
+                    for extent in &node.content {
+                        let Extent::Data { id, .. } = extent else {
+                            continue;
+                        };
+                        let needed = if self.same_identity {
+                            writer.is_new(&id.0)
+                        } else {
+                            !self.chunks.contains_key(id)
+                        };
+                        if needed && !plan.positions.contains_key(id) {
+                            plan.positions.insert(*id, plan.chunks.len());
+                            plan.chunks.push(*id);
+                        }
+                    }
+                }
+                (NodeKind::Dir, Some(subtree)) if !self.trees.contains_key(&subtree) => {
+                    let child = self.load_and_prefetch(subtree)?;
+                    stack.push((child, 0));
+                }
+                _ => {}
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Reads ahead, if `id` is planned and not yet read, the planned chunks
+    /// from the first one not read up to `id`, in batches of up to
+    /// [`READ_AHEAD_BYTES`]. Each batch takes one request per run of a pack
+    /// instead of one per chunk, which matters on S3 or a server.
+    fn read_ahead_to(&mut self, id: &ChunkId) {
+        let Some(&position) = self.plan.positions.get(id) else {
+            return;
+        };
+        while self.plan.read <= position {
             let mut batch = Vec::new();
             let mut bytes = 0;
             {
                 let index = self.source.index();
-                while frame.read < frame.wanted.len() && bytes < READ_AHEAD_BYTES {
-                    let id = frame.wanted[frame.read];
-                    frame.read += 1;
+                while self.plan.read < self.plan.chunks.len() && bytes < READ_AHEAD_BYTES {
+                    let id = self.plan.chunks[self.plan.read];
+                    self.plan.read += 1;
                     bytes += index
                         .get(&id.0)
                         .map_or(0, |location| u64::from(location.len));
@@ -527,42 +576,9 @@ impl Copier<'_> {
         }
     }
 
-    /// Returns the chunks of `tree`'s files that the copy may need to read,
-    /// each once, in the order of the files, and for each entry of the tree
-    /// the number of chunks up to and with its own.
-    fn wanted_chunks(&self, writer: &BlobWriter<'_>, tree: &Tree) -> (Vec<ChunkId>, Vec<usize>) {
-        let mut wanted = Vec::new();
-        let mut ends = Vec::with_capacity(tree.nodes.len());
-        if !self.keep_compression {
-            ends.resize(tree.nodes.len(), 0);
-            return (wanted, ends);
-        }
-        let mut seen = HashSet::new();
-        for node in &tree.nodes {
-            if node.kind != NodeKind::File {
-                ends.push(wanted.len());
-                continue;
-            }
-            for extent in &node.content {
-                let Extent::Data { id, .. } = extent else {
-                    continue;
-                };
-                let needed = if self.same_identity {
-                    writer.is_new(&id.0)
-                } else {
-                    !self.chunks.contains_key(id)
-                };
-                if needed && !self.ahead.contains_key(id) && seen.insert(*id) {
-                    wanted.push(*id);
-                }
-            }
-            ends.push(wanted.len());
-        }
-        (wanted, ends)
-    }
-
-    fn frame(&self, writer: &BlobWriter<'_>, source: TreeId) -> Result<Frame, RepoError> {
-        let tree = self.source.load_tree(&source)?;
+    /// Loads a source tree and prefetches its subtrees.
+    fn load_and_prefetch(&self, id: TreeId) -> Result<Arc<Tree>, RepoError> {
+        let tree = self.source.load_tree(&id)?;
         // Subtrees come in few merged reads, which saves a request per
         // directory when the source is a server or an object store.
         self.source.prefetch_trees(
@@ -571,13 +587,16 @@ impl Copier<'_> {
                 .filter_map(|node| node.subtree.as_ref())
                 .filter(|subtree| !self.trees.contains_key(subtree)),
         );
-        let (wanted, wanted_end) = self.wanted_chunks(writer, &tree);
+        Ok(tree)
+    }
+
+    fn frame(&self, source: TreeId) -> Result<Frame, RepoError> {
+        // The plan loaded the trees already, but a large snapshot's trees may
+        // not all have stayed in the tree cache.
+        let tree = self.load_and_prefetch(source)?;
         Ok(Frame {
             source,
             nodes: Vec::with_capacity(tree.nodes.len()),
-            wanted,
-            read: 0,
-            wanted_end,
             tree,
             next: 0,
         })
@@ -614,6 +633,7 @@ impl Copier<'_> {
         if self.same_identity {
             if writer.reserve(&id.0) {
                 self.chunks_read += 1;
+                self.read_ahead_to(&id);
                 match self.ahead.remove(&id) {
                     Some(read) => self.add_payload(
                         writer,
@@ -630,6 +650,7 @@ impl Copier<'_> {
         if let Some(copied) = self.chunks.get(&id) {
             return Ok(*copied);
         }
+        self.read_ahead_to(&id);
         if let Some(read) = self.ahead.remove(&id) {
             self.chunks_read += 1;
             if writer.reserve(&read.dest_id.0) {
