@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::display::escape_path;
-use crate::id::{PackId, SnapshotId, TreeId};
+use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::progress::Progress;
 use crate::repository::pack::{BlobKind, decode_pack};
 use crate::repository::{RepoError, Repository, pack_path};
@@ -335,21 +335,9 @@ impl TreeWalk<'_> {
                 },
                 NodeKind::File => {
                     let index = self.repo.index();
-                    let mut offset = 0u64;
-                    // Lost ranges as (start, end), adjacent ones merged.
-                    let mut lost: Vec<(u64, u64)> = Vec::new();
-                    for extent in &node.content {
-                        if let Extent::Data { id, len } = extent
-                            && (!index.contains(&id.0) || self.bad_blobs.contains(&id.0))
-                        {
-                            let end = offset + u64::from(*len);
-                            match lost.last_mut() {
-                                Some(last) if last.1 == offset => last.1 = end,
-                                _ => lost.push((offset, end)),
-                            }
-                        }
-                        offset += extent.len();
-                    }
+                    let lost = lost_ranges(&node.content, |id| {
+                        !index.contains(&id.0) || self.bad_blobs.contains(&id.0)
+                    });
                     let ranges: Vec<String> = lost
                         .iter()
                         .map(|(start, end)| format!("{start}-{end}"))
@@ -367,9 +355,47 @@ impl TreeWalk<'_> {
     }
 }
 
+/// Returns the byte ranges, as (start, end), of a file's chunks for which
+/// `lost` is true, with adjacent ranges merged.
+fn lost_ranges(content: &[Extent], lost: impl Fn(&ChunkId) -> bool) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut offset = 0u64;
+    for extent in content {
+        if let Extent::Data { id, len } = extent
+            && lost(id)
+        {
+            let end = offset + u64::from(*len);
+            match ranges.last_mut() {
+                Some(last) if last.1 == offset => last.1 = end,
+                _ => ranges.push((offset, end)),
+            }
+        }
+        offset += extent.len();
+    }
+    ranges
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_ranges_merge_adjacent_chunks() {
+        let chunk = |n: u8, len: u32| Extent::Data {
+            id: ChunkId([n; 32]),
+            len,
+        };
+        // Chunks 1, 2 and 4 are lost; chunk 3 and the hole are not.
+        let content = [
+            chunk(1, 100),
+            chunk(2, 50),
+            chunk(3, 10),
+            Extent::Hole { len: 5 },
+            chunk(4, 20),
+        ];
+        let ranges = lost_ranges(&content, |id| id.0[0] != 3);
+        assert_eq!(ranges, vec![(0, 150), (165, 185)]);
+    }
 
     #[test]
     fn subset_parses_percent_and_group() {
