@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::display::escape_path;
 use crate::id::{ChunkId, PackId, SnapshotId, TreeId};
 use crate::progress::Progress;
-use crate::repository::pack::{BlobKind, decode_pack};
+use crate::repository::pack::{BlobKind, PackEntry, decode_pack};
 use crate::repository::{RepoError, Repository, pack_path};
 use crate::tree::{Extent, NodeKind};
 
@@ -234,11 +234,39 @@ pub(crate) fn read_packs(
         }
         let entries = match decode_pack(repo.keys(), &bytes) {
             Ok(entries) => entries,
-            Err(e) => return mark_all_bad(format!("header unreadable: {e}")),
+            Err(e) => {
+                // A pack cut short loses its header but keeps the blobs before
+                // the cut, so the blobs that the index places in it are
+                // checked where the index says they are.
+                problems.lock().expect("lock").push(format!(
+                    "pack {pack}: header unreadable: {e}; checking the blobs that the index lists in it"
+                ));
+                let index = repo.index();
+                index
+                    .iter()
+                    .filter(|(_, location)| location.pack == *pack)
+                    .map(|(id, location)| PackEntry {
+                        kind: location.kind,
+                        id,
+                        offset: location.offset,
+                        len: location.len,
+                        raw_len: location.raw_len,
+                    })
+                    .collect()
+            }
         };
         for entry in entries {
             let start = entry.offset as usize;
-            let sealed = &bytes[start..start + entry.len as usize];
+            let Some(sealed) = bytes.get(start..start + entry.len as usize) else {
+                problems.lock().expect("lock").push(format!(
+                    "pack {pack}: {:?} blob {} at offset {} lies beyond the pack's end",
+                    entry.kind,
+                    hex::encode(&entry.id[..4]),
+                    entry.offset
+                ));
+                bad.lock().expect("lock").insert(entry.id);
+                continue;
+            };
             let ok = repo
                 .keys()
                 .open(

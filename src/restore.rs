@@ -143,6 +143,11 @@ pub fn restore_with_progress(
             )));
         }
     }
+    if options.interrupt.load(Ordering::Relaxed) {
+        return Err(RepoError::Interrupted(
+            "restore interrupted before it wrote anything".into(),
+        ));
+    }
     fs::create_dir_all(target)?;
 
     progress.set_total_items(plan.files.len() as u64);
@@ -168,12 +173,14 @@ pub fn restore_with_progress(
             .push((path.as_os_str().as_bytes().to_vec(), reason));
     };
 
+    let mut dirs = 0;
     for (path, _) in &plan.dirs {
-        if let Err(e) = create_dir(path) {
-            fail(path, e.to_string());
+        match create_dir(path) {
+            Ok(()) => dirs += 1,
+            Err(e) => fail(path, e.to_string()),
         }
     }
-    outcome.lock().expect("outcome lock").dirs = plan.dirs.len() as u64;
+    outcome.lock().expect("outcome lock").dirs = dirs;
 
     let (files_done, bytes) = write_files(repo, &plan, progress, &options.interrupt, &fail)?;
     outcome.lock().expect("outcome lock").files = files_done;

@@ -46,6 +46,9 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
+    // Installed first, so that a signal while the repository opens stops the
+    // restore too, before it writes anything.
+    let interrupt = stop_on_signals()?;
     let repo = open(cli)?;
     audit::arg("target", args.target.display());
     for include in &args.includes {
@@ -55,7 +58,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<i32> {
     audit::arg("snapshot", id.to_hex());
     let options = RestoreOptions {
         includes: args.includes.clone(),
-        interrupt: stop_on_signals()?,
+        interrupt,
     };
     let (progress, display) = ProgressDisplay::start(cli, args.json, ItemNoun("files"));
     let outcome = restore_with_progress(&repo, &snapshot.tree, &args.target, &options, &progress)?;
