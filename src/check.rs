@@ -236,8 +236,7 @@ pub(crate) fn read_packs(
             Ok(entries) => entries,
             Err(e) => {
                 // A pack cut short loses its header but keeps the blobs before
-                // the cut, so the blobs that the index places in it are
-                // checked where the index says they are.
+                // the cut, so each blob is checked at the index's location.
                 problems.lock().expect("lock").push(format!(
                     "pack {pack}: header unreadable: {e}; checking the blobs that the index lists in it"
                 ));
