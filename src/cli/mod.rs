@@ -168,9 +168,9 @@ pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // fuser 0.18 logs a harmless warning when an external umount is followed
         // by its own unmount attempt, so only its errors are shown by default.
-        // Its reply errors are hidden too: the kernel rejects a reply only when
-        // nobody waits for it any more, such as the reply to a file's release
-        // that arrives after the unmount. object_store logs each retry of an S3
+        // Its reply errors are hidden too, because the kernel rejects a reply
+        // only when no request waits for it any more, such as the reply to a
+        // file's release that arrives after the unmount. object_store logs each retry of an S3
         // request at info level.
         tracing_subscriber::EnvFilter::new(format!(
             "cairn={default},object_store={default},fuser=error,fuser::reply=off"

@@ -46,7 +46,7 @@ pub trait Backend: Send + Sync {
     /// replaces a listing per subdirectory, which costs a request each on S3.
     fn list_recursive(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Lists the files below `dir` like [`Backend::list_recursive`], each with
-    /// its size in bytes. The default asks for the size of each file.
+    /// its size in bytes. The default calls [`Backend::size`] for each file.
     fn list_recursive_sizes(&self, dir: &str) -> io::Result<Vec<(String, u64)>> {
         self.list_recursive(dir)?
             .into_iter()

@@ -473,8 +473,8 @@ impl super::Repository {
     }
 
     /// Removes the key slot `name`; its password stops working at once. The last
-    /// full slot cannot be removed: the repository could never be read again,
-    /// while backup-only keys would go on adding backups that nobody can restore.
+    /// full slot cannot be removed either, because the repository could never be
+    /// read again while backup-only keys went on adding unrestorable backups.
     pub fn remove_key(&self, name: &str) -> Result<(), super::RepoError> {
         self.require_full_key("remove keys")?;
         let mut file = self.key_file()?;
@@ -491,7 +491,7 @@ impl super::Repository {
         let full = |slot: &KeySlot| slot.kind == SlotKind::Full;
         if full(&file.slots[position]) && file.slots.iter().filter(|s| full(s)).count() == 1 {
             return Err(super::RepoError::KeySlot(format!(
-                "{name:?} is the only full key: without it nobody could read the repository, and backup-only keys would add backups that cannot be restored; add another full key with `cairn key add` before removing it"
+                "cannot remove {name:?}: it is the only full key, and without it the repository could not be read while backup-only keys kept adding backups that cannot be restored; add another full key with `cairn key add` first"
             )));
         }
         let removed = file.slots.remove(position);
